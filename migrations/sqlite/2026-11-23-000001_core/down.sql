@@ -1,0 +1,14 @@
+DROP TABLE outbox;
+DROP TABLE idempotency_keys;
+DROP TABLE allowance_usage;
+DROP TABLE bookings;
+DROP TABLE resources;
+DROP TABLE zones;
+DROP TABLE site_managers;
+DROP TABLE site_closures;
+DROP TABLE sites;
+DROP TABLE refresh_tokens;
+DROP TABLE sessions;
+DROP TABLE email_verifications;
+DROP TABLE users;
+DROP TABLE organizations;

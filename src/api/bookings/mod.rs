@@ -1,0 +1,130 @@
+//! Bookings: quote, create, list, read, calendar file, cancel and check-in.
+
+pub mod create;
+pub mod read;
+pub mod status;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::views::{local_text, utc_text, ResourceView, SiteRef};
+use crate::db::bookings::BookingView;
+use crate::db::models::Booking;
+use crate::db::network::SiteEntry;
+use crate::db::utc;
+use crate::domain::access::BookingOwner;
+use crate::domain::BookingStatus;
+use crate::email::compose::BookingMail;
+
+#[derive(Serialize, ToSchema)]
+pub struct BookingOut {
+    pub id: String,
+    pub status: BookingStatus,
+    /// UTC instants.
+    pub starts_at: String,
+    pub ends_at: String,
+    /// The same instants in the site's local time, with its offset.
+    pub starts_at_local: String,
+    pub ends_at_local: String,
+    pub timezone: String,
+    pub resource: ResourceView,
+    pub site: SiteRef,
+    pub attendees: i32,
+    pub note: Option<String>,
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    /// Minutes taken from the organization's monthly allowance (refunded on cancellation).
+    pub allowance_minutes: i32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub checked_in_at: Option<String>,
+    pub cancelled_at: Option<String>,
+}
+
+pub fn booking_out(view: BookingView, site: &SiteEntry) -> BookingOut {
+    let (b, r, z) = view;
+    let tz = site.tz;
+    BookingOut {
+        status: b.status.parse().unwrap_or(BookingStatus::Confirmed),
+        starts_at: utc_text(utc(b.starts_at)),
+        ends_at: utc_text(utc(b.ends_at)),
+        starts_at_local: local_text(utc(b.starts_at), tz),
+        ends_at_local: local_text(utc(b.ends_at), tz),
+        timezone: tz.name().to_string(),
+        resource: ResourceView::new(r, z),
+        site: SiteRef::new(site),
+        attendees: b.attendees,
+        note: b.note,
+        user_id: b.user_id,
+        organization_id: b.organization_id,
+        allowance_minutes: b.charged_minutes,
+        created_at: utc_text(utc(b.created_at)),
+        updated_at: utc_text(utc(b.updated_at)),
+        checked_in_at: b.checked_in_at.map(|t| utc_text(utc(t))),
+        cancelled_at: b.cancelled_at.map(|t| utc_text(utc(t))),
+        id: b.id,
+    }
+}
+
+pub fn owner(b: &Booking) -> BookingOwner<'_> {
+    BookingOwner {
+        user_id: &b.user_id,
+        organization_id: b.organization_id.as_deref(),
+        site_id: &b.site_id,
+    }
+}
+
+pub fn site_of(state: &AppState, site_id: &str) -> Result<Arc<SiteEntry>, ApiError> {
+    state.directory().get(site_id).cloned().ok_or_else(|| {
+        ApiError::Internal(format!(
+            "site {site_id} of a booking is not in the directory"
+        ))
+    })
+}
+
+/// Everything a booking's mail or calendar file needs; strings are borrowed from the arguments.
+pub fn mail_context<'a>(
+    state: &'a AppState,
+    b: &'a Booking,
+    resource_name: &'a str,
+    site: &'a SiteEntry,
+    member: (&'a str, &'a str),
+    booking_url: &'a str,
+) -> BookingMail<'a> {
+    BookingMail {
+        booking_id: &b.id,
+        sequence: b.sequence.max(0) as u32,
+        member_name: member.0,
+        member_email: member.1,
+        resource_name,
+        site_name: &site.site.name,
+        site_address: &site.site.address,
+        timezone: site.tz,
+        starts_at: utc(b.starts_at),
+        ends_at: utc(b.ends_at),
+        created_at: utc(b.created_at),
+        booking_url,
+        organizer_email: organizer(state),
+    }
+}
+
+fn organizer(state: &AppState) -> &str {
+    let from = state.config.mail_from.as_str();
+    match (from.find('<'), from.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &from[a + 1..b],
+        _ => from,
+    }
+}
+
+pub fn booking_url(state: &AppState, id: &str) -> String {
+    format!("{}/api/v1/bookings/{id}", state.config.public_url)
+}
+
+pub fn now() -> chrono::DateTime<Utc> {
+    Utc::now()
+}

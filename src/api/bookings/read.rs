@@ -1,0 +1,176 @@
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::{booking_out, booking_url, mail_context, owner, site_of, BookingOut};
+use crate::api::error::ApiError;
+use crate::api::extract::{Auth, Errors, Query};
+use crate::api::state::AppState;
+use crate::api::views::Page;
+use crate::db::bookings::{self as store, BookingFilter, BookingView};
+use crate::db::{naive, users, DbError};
+use crate::domain::access::Caller;
+use crate::domain::time_range::parse_instant;
+use crate::domain::{BookingStatus, FieldError};
+use crate::email::compose;
+
+fn encode_cursor(ts: chrono::NaiveDateTime, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{id}", ts.and_utc().timestamp_micros()))
+}
+
+fn decode_cursor(c: &str) -> Result<(chrono::NaiveDateTime, String), FieldError> {
+    let bad = || FieldError::new("cursor", "is not a cursor returned by this list");
+    let text =
+        String::from_utf8(URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let ts = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    Ok((ts.naive_utc(), id.to_string()))
+}
+
+/// Which bookings the caller asked for, and whether they may see them.
+fn scope(caller: &Caller, q: &Query, filter: &mut BookingFilter) -> Result<(), ApiError> {
+    match (q.str("organization_id"), q.str("site_id")) {
+        (Some(org), _) => {
+            if !caller.administers_organization(org) {
+                return Err(ApiError::Forbidden(
+                    "only the organization's admins may list its bookings".into(),
+                ));
+            }
+            filter.organization_id = Some(org.to_string());
+            if let Some(site) = q.str("site_id") {
+                filter.site_ids = Some(vec![site.to_string()]);
+            }
+        }
+        (None, Some(site)) => {
+            if !caller.manages_site(site) {
+                return Err(ApiError::Forbidden(
+                    "only the site's managers may list its bookings".into(),
+                ));
+            }
+            filter.site_ids = Some(vec![site.to_string()]);
+        }
+        (None, None) => filter.user_id = Some(caller.user_id.clone()),
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
+    params(("status" = Option<BookingStatus>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query),
+           ("organization_id" = Option<String>, Query, description = "company admins: their organization's bookings"),
+           ("site_id" = Option<String>, Query, description = "site managers: their site's bookings"),
+           ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = Page<BookingOut>), (status = 403, body = crate::api::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn list(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let q = Query::from_request(&req);
+    let mut errors = Errors::default();
+    let mut filter = BookingFilter {
+        limit: errors.take(q.limit()).unwrap_or(50),
+        ..Default::default()
+    };
+    if let Some(s) = q.str("status") {
+        filter.status = errors
+            .take(
+                s.parse::<BookingStatus>()
+                    .map_err(|e| FieldError::new("status", e)),
+            )
+            .map(|s| s.as_str().to_string());
+    }
+    filter.from = q
+        .str("from")
+        .and_then(|v| errors.take(parse_instant(v, "from")))
+        .map(naive);
+    filter.to = q
+        .str("to")
+        .and_then(|v| errors.take(parse_instant(v, "to")))
+        .map(naive);
+    filter.after = q.str("cursor").and_then(|c| errors.take(decode_cursor(c)));
+    errors.finish()?;
+    scope(&auth.caller, &q, &mut filter)?;
+    let limit = filter.limit;
+    filter.limit += 1;
+    let mut rows = state.db.run(move |c| store::list(c, &filter)).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|(b, _, _)| encode_cursor(b.starts_at, &b.id))
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|v| {
+            let site = site_of(&state, &v.0.site_id)?;
+            Ok(booking_out(v, &site))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+}
+
+/// The booking if the caller may see it; 404 otherwise, so ids reveal nothing.
+pub async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<BookingView, ApiError> {
+    let bid = id.to_string();
+    let found = state.db.run(move |c| store::find(c, &bid)).await?;
+    match found {
+        Some(v) if caller.can_view_booking(owner(&v.0)) => Ok(v),
+        _ => Err(ApiError::NotFound(format!(
+            "no booking {id:?} that you can see"
+        ))),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/bookings/{booking_id}", tag = "bookings",
+    responses((status = 200, body = BookingOut), (status = 404, body = crate::api::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn get(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let view = visible(&state, &auth.caller, &path).await?;
+    let site = site_of(&state, &view.0.site_id)?;
+    Ok(HttpResponse::Ok().json(booking_out(view, &site)))
+}
+
+#[utoipa::path(get, path = "/api/v1/bookings/{booking_id}/ics", tag = "bookings",
+    responses((status = 200, content_type = "text/calendar", body = String), (status = 404, body = crate::api::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn ics(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (b, r, _) = visible(&state, &auth.caller, &path).await?;
+    let site = site_of(&state, &b.site_id)?;
+    let uid = b.user_id.clone();
+    let member = state
+        .db
+        .run(move |c| users::by_id(c, &uid)?.ok_or(DbError::NotFound))
+        .await?;
+    let url = booking_url(&state, &b.id);
+    let cancelled = matches!(b.status.as_str(), "cancelled" | "released");
+    let body = compose::booking_ics(
+        &mail_context(
+            &state,
+            &b,
+            &r.name,
+            &site,
+            (&member.name, &member.email),
+            &url,
+        ),
+        cancelled,
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/calendar; charset=utf-8"))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"booking-{}.ics\"", b.id),
+        ))
+        .body(body))
+}

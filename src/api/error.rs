@@ -1,0 +1,188 @@
+//! The one error type of the HTTP edge, rendered as RFC 9457 problem details.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::db::bookings::BookingWriteError;
+use crate::db::DbError;
+use crate::domain::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request is not valid")]
+    Validation(Vec<FieldError>),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// RFC 9457 problem details, with `code` (stable, snake_case) and `errors` for validation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    fn code_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => ("malformed_request", "Malformed request"),
+            ApiError::Validation(_) => ("validation_failed", "Validation failed"),
+            ApiError::Unauthorized(_) => ("unauthorized", "Authentication required"),
+            ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
+            ApiError::NotFound(_) => ("not_found", "Not found"),
+            ApiError::Conflict { code, .. } => (code, "Conflict"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported_media_type", "Unsupported media type")
+            }
+            ApiError::PayloadTooLarge(_) => ("payload_too_large", "Payload too large"),
+            ApiError::Unavailable(_) => ("service_unavailable", "Service unavailable"),
+            ApiError::Internal(_) => ("internal_error", "Internal server error"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (code, title) = self.code_and_title();
+        let detail = match self {
+            ApiError::Validation(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::Internal(_) => "an unexpected error occurred; it has been logged".into(),
+            other => other.to_string(),
+        };
+        Problem {
+            kind: format!("/problems/{}", code.replace('_', "-")),
+            title: title.to_string(),
+            status: self.status_code().as_u16(),
+            detail,
+            code: code.to_string(),
+            errors: match self {
+                ApiError::Validation(e) => e.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(%cause, "request failed");
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let ApiError::Unauthorized(_) = self {
+            res.insert_header((
+                header::WWW_AUTHENTICATE,
+                r#"Bearer realm="spazi", error="invalid_token""#,
+            ));
+        }
+        if let ApiError::Unavailable(_) = self {
+            res.insert_header((header::RETRY_AFTER, "5"));
+        }
+        res.body(serde_json::to_string(&self.problem()).unwrap_or_default())
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound => ApiError::NotFound("not found".into()),
+            DbError::Busy(m) | DbError::Unavailable(m) => {
+                tracing::warn!(cause = %m, "database unavailable");
+                ApiError::Unavailable("the database is busy or unreachable; retry shortly".into())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<BookingWriteError> for ApiError {
+    fn from(e: BookingWriteError) -> Self {
+        match e {
+            BookingWriteError::Overlap => ApiError::Conflict {
+                code: "booking_conflict",
+                detail: "the resource is already booked for part of [starts_at, ends_at)".into(),
+            },
+            BookingWriteError::AllowanceExceeded { limit, used } => ApiError::Validation(vec![FieldError::new(
+                "ends_at",
+                format!(
+                    "the organization's monthly allowance would be exceeded ({used} of {limit} minutes used)"
+                ),
+            )]),
+            BookingWriteError::WrongStatus(status) => ApiError::Conflict {
+                code: "booking_state_conflict",
+                detail: format!("the booking is {status}"),
+            },
+            BookingWriteError::NotFound => ApiError::NotFound("booking not found".into()),
+            BookingWriteError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// Problem details for errors raised by actix itself (unknown route, wrong method, bad path).
+pub fn framework_problem(status: StatusCode, detail: &str) -> HttpResponse {
+    let err = match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound(detail.to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(detail.to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            return HttpResponse::build(status)
+                .insert_header((header::CONTENT_TYPE, "application/problem+json"))
+                .body(
+                    serde_json::json!({
+                        "type": "/problems/method-not-allowed",
+                        "title": "Method not allowed",
+                        "status": 405,
+                        "detail": detail,
+                        "code": "method_not_allowed",
+                    })
+                    .to_string(),
+                )
+        }
+        _ => ApiError::BadRequest(detail.to_string()),
+    };
+    err.error_response()
+}

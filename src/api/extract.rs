@@ -1,0 +1,251 @@
+//! Request extractors that turn bad input into problem details naming the field.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::web::{Bytes, Data};
+use actix_web::{FromRequest, HttpRequest};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::domain::access::Caller;
+use crate::domain::{FieldError, Role};
+
+/// Largest JSON body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON body, parsed with the path of any wrong field kept for the error, and the digest
+/// of its canonical form (for `Idempotency-Key`: the same JSON, however formatted, matches).
+pub struct Json<T>(pub T, pub String);
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let bytes = Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let mime = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if mime != "application/json" && !mime.ends_with("+json") {
+                return Err(ApiError::UnsupportedMediaType(
+                    "the body must be JSON, sent with Content-Type: application/json".into(),
+                ));
+            }
+            let body = bytes.await.map_err(|_| {
+                ApiError::PayloadTooLarge(format!("the body must be at most {MAX_BODY} bytes"))
+            })?;
+            let value: T = parse_json(&body)?;
+            let canonical: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+            let digest = crate::api::tokens::hash_token(&canonical.to_string());
+            Ok(Json(value, digest))
+        })
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::BadRequest(format!(
+                    "the body is not valid JSON: {} (line {}, column {})",
+                    strip_position(&inner.to_string()),
+                    inner.line(),
+                    inner.column()
+                ))
+            }
+            _ => {
+                let message = strip_position(&inner.to_string());
+                let field = missing_field(&message)
+                    .map(|f| {
+                        if path == "." {
+                            f.to_string()
+                        } else {
+                            format!("{path}.{f}")
+                        }
+                    })
+                    .unwrap_or_else(|| {
+                        if path == "." {
+                            "body".to_string()
+                        } else {
+                            path.clone()
+                        }
+                    });
+                ApiError::Validation(vec![FieldError::new(field, message)])
+            }
+        }
+    })
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Query-string parameters, parsed one by one so each error names its parameter.
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn from_request(req: &HttpRequest) -> Query {
+        Query(
+            url::form_urlencoded::parse(req.query_string().as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn parse<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, FieldError> {
+        match self.str(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| FieldError::new(name, format!("must be {what}"))),
+        }
+    }
+
+    /// `limit`, 1 to 500, 50 by default.
+    pub fn limit(&self) -> Result<i64, FieldError> {
+        let limit = self
+            .parse::<i64>("limit", "an integer from 1 to 500")?
+            .unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(FieldError::new("limit", "must be an integer from 1 to 500"));
+        }
+        Ok(limit)
+    }
+}
+
+/// Collects field errors and fails with all of them at once.
+#[derive(Default)]
+pub struct Errors(Vec<FieldError>);
+
+impl Errors {
+    pub fn take<T>(&mut self, r: Result<T, FieldError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+
+    pub fn push(&mut self, e: FieldError) {
+        self.0.push(e);
+    }
+
+    pub fn extend(&mut self, e: impl IntoIterator<Item = FieldError>) {
+        self.0.extend(e);
+    }
+
+    pub fn take_all<T>(&mut self, r: Result<T, Vec<FieldError>>) -> Option<T> {
+        r.map_err(|e| self.0.extend(e)).ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<FieldError> {
+        self.0
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
+    }
+}
+
+/// The authenticated caller: a valid access token of a live session.
+pub struct Auth {
+    pub caller: Caller,
+    pub session_id: String,
+}
+
+impl FromRequest for Auth {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<Data<AppState>>().cloned();
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Box::pin(async move {
+            let state =
+                state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+            let header =
+                header.ok_or(ApiError::Unauthorized("a Bearer access token is required"))?;
+            let token = header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))
+                .ok_or(ApiError::Unauthorized(
+                    "the Authorization header must be: Bearer <token>",
+                ))?
+                .trim()
+                .to_string();
+            let claims = state
+                .tokens
+                .verify(&token)
+                .map_err(|_| ApiError::Unauthorized("the access token is invalid or expired"))?;
+            let now = crate::db::naive(chrono::Utc::now());
+            let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
+            let found = state
+                .db
+                .run(move |c| crate::db::users::session_user(c, &sid, &sub, now))
+                .await?;
+            let (user, managed_sites) = found.ok_or(ApiError::Unauthorized(
+                "the session has ended; log in again",
+            ))?;
+            let role: Role = user
+                .role
+                .parse()
+                .map_err(|_| ApiError::Internal(format!("user {} has an unknown role", user.id)))?;
+            Ok(Auth {
+                caller: Caller {
+                    user_id: user.id,
+                    role,
+                    organization_id: user.organization_id,
+                    managed_sites,
+                },
+                session_id: claims.sid,
+            })
+        })
+    }
+}

@@ -1,0 +1,62 @@
+//! The HTTP edge: routes, handlers, extractors, and the mapping of errors to problem details.
+
+pub mod auth;
+pub mod bookings;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod openapi;
+pub mod ops;
+pub mod pages;
+pub mod sites;
+pub mod state;
+pub mod tokens;
+pub mod views;
+
+use actix_web::web;
+use utoipa::OpenApi;
+
+/// Every route of the service, in one place.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics))
+        .route("/verify", web::get().to(pages::verify))
+        .route("/api/docs", web::get().to(pages::docs_redirect))
+        .service(
+            utoipa_swagger_ui::SwaggerUi::new("/api/docs/{_:.*}")
+                .url("/api/v1/openapi.json", openapi::ApiDoc::openapi()),
+        )
+        .service(
+            web::scope("/api/v1")
+                .route("/auth/signup", web::post().to(auth::signup))
+                .route("/auth/verify", web::post().to(auth::verify))
+                .route("/auth/login", web::post().to(auth::login))
+                .route("/auth/refresh", web::post().to(auth::refresh))
+                .route("/auth/logout", web::post().to(auth::logout))
+                .route("/me", web::get().to(auth::me))
+                .route("/sites", web::get().to(sites::list))
+                .route("/sites/{site_id}", web::get().to(sites::get))
+                .route(
+                    "/sites/{site_id}/resources",
+                    web::get().to(sites::resources),
+                )
+                .route("/availability", web::get().to(sites::availability))
+                .route("/bookings/quote", web::post().to(bookings::create::quote))
+                .route("/bookings", web::post().to(bookings::create::create))
+                .route("/bookings", web::get().to(bookings::read::list))
+                .route("/bookings/{booking_id}", web::get().to(bookings::read::get))
+                .route(
+                    "/bookings/{booking_id}/ics",
+                    web::get().to(bookings::read::ics),
+                )
+                .route(
+                    "/bookings/{booking_id}/cancel",
+                    web::post().to(bookings::status::cancel),
+                )
+                .route(
+                    "/bookings/{booking_id}/check-in",
+                    web::post().to(bookings::status::check_in),
+                ),
+        );
+}

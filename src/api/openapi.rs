@@ -1,0 +1,36 @@
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{auth, bookings, error, ops, sites, views};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Spazi API", version = "1", description = "Booking and building management for the Spazi per l'Italia network. Errors are RFC 9457 problem details."),
+    paths(
+        ops::healthz, ops::readyz, ops::metrics,
+        auth::signup, auth::verify, auth::login, auth::refresh, auth::logout, auth::me,
+        sites::list, sites::get, sites::resources, sites::availability,
+        bookings::create::quote, bookings::create::create, bookings::read::list, bookings::read::get,
+        bookings::read::ics, bookings::status::cancel, bookings::status::check_in,
+    ),
+    components(schemas(error::Problem, crate::domain::FieldError, views::ResourceView, views::SiteRef, views::ZoneRef)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;

@@ -1,0 +1,322 @@
+//! Booking writes and reads. Writes hold the write lock from their first statement
+//! ([`write_transaction`]); overlaps are refused by the database itself.
+
+use chrono::NaiveDateTime;
+use diesel::dsl::{exists, not};
+use diesel::prelude::*;
+
+use super::models::{Booking, OutboxRow, Resource, Zone};
+use super::network::on_backend;
+use super::schema::{allowance_usage, bookings, outbox, resources, zones};
+use super::{write_transaction, DbConnection, DbError};
+use crate::domain::BookingStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BookingWriteError {
+    #[error("the resource is already booked for part of that interval")]
+    Overlap,
+    #[error("the organization's monthly allowance would be exceeded")]
+    AllowanceExceeded { limit: i32, used: i32 },
+    #[error("the booking is {0}")]
+    WrongStatus(String),
+    #[error("booking not found")]
+    NotFound,
+    #[error(transparent)]
+    Db(DbError),
+}
+
+impl From<DbError> for BookingWriteError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Overlap => BookingWriteError::Overlap,
+            DbError::NotFound => BookingWriteError::NotFound,
+            other => BookingWriteError::Db(other),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for BookingWriteError {
+    fn from(e: diesel::result::Error) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+/// What a booking takes from its organization's allowance.
+#[derive(Debug, Clone)]
+pub struct AllowanceCharge {
+    pub organization_id: String,
+    pub month: String,
+    pub minutes: i32,
+    pub limit: i32,
+}
+
+/// Stores a booking, charges the allowance and queues its email, all or nothing.
+pub fn create(
+    conn: &mut DbConnection,
+    booking: &Booking,
+    charge: Option<&AllowanceCharge>,
+    mail: &OutboxRow,
+) -> Result<(), BookingWriteError> {
+    write_transaction(conn, |conn| {
+        if let Some(charge) = charge {
+            consume_allowance(conn, charge)?;
+        }
+        on_backend!(conn, |c| {
+            diesel::insert_into(bookings::table)
+                .values(booking)
+                .execute(c)?;
+            diesel::insert_into(outbox::table).values(mail).execute(c)?;
+        });
+        Ok(())
+    })
+}
+
+fn consume_allowance(
+    conn: &mut DbConnection,
+    charge: &AllowanceCharge,
+) -> Result<(), BookingWriteError> {
+    on_backend!(conn, |c| {
+        diesel::insert_into(allowance_usage::table)
+            .values((
+                allowance_usage::organization_id.eq(&charge.organization_id),
+                allowance_usage::month.eq(&charge.month),
+                allowance_usage::used_minutes.eq(0),
+            ))
+            .on_conflict_do_nothing()
+            .execute(c)?
+    });
+    let row = allowance_usage::table.find((&charge.organization_id, &charge.month));
+    let updated = diesel::update(row)
+        .filter(allowance_usage::used_minutes.le(charge.limit - charge.minutes))
+        .set(allowance_usage::used_minutes.eq(allowance_usage::used_minutes + charge.minutes))
+        .execute(conn)?;
+    if updated == 0 {
+        let used = row
+            .select(allowance_usage::used_minutes)
+            .first(conn)
+            .optional()?
+            .unwrap_or(0);
+        return Err(BookingWriteError::AllowanceExceeded {
+            limit: charge.limit,
+            used,
+        });
+    }
+    Ok(())
+}
+
+fn refund_allowance(conn: &mut DbConnection, b: &Booking) -> Result<(), BookingWriteError> {
+    if let (Some(org), Some(month)) = (&b.organization_id, &b.allowance_month) {
+        let row = allowance_usage::table.find((org, month));
+        diesel::update(row)
+            .filter(allowance_usage::used_minutes.ge(b.charged_minutes))
+            .set(
+                allowance_usage::used_minutes.eq(allowance_usage::used_minutes - b.charged_minutes),
+            )
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Minutes of `organization_id`'s allowance used in `month`.
+pub fn allowance_used(
+    conn: &mut DbConnection,
+    organization_id: &str,
+    month: &str,
+) -> Result<i32, DbError> {
+    Ok(allowance_usage::table
+        .find((organization_id, month))
+        .select(allowance_usage::used_minutes)
+        .first(conn)
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Moves a booking from `confirmed` to `to`; exactly one of several racing callers wins.
+fn transition(
+    conn: &mut DbConnection,
+    id: &str,
+    to: BookingStatus,
+    now: NaiveDateTime,
+) -> Result<Booking, BookingWriteError> {
+    let target = bookings::table
+        .find(id)
+        .filter(bookings::status.eq(BookingStatus::Confirmed.as_str()));
+    let updated = match to {
+        BookingStatus::CheckedIn => diesel::update(target)
+            .set((
+                bookings::status.eq(to.as_str()),
+                bookings::checked_in_at.eq(Some(now)),
+                bookings::updated_at.eq(now),
+            ))
+            .execute(conn)?,
+        _ => diesel::update(target)
+            .set((
+                bookings::status.eq(to.as_str()),
+                bookings::cancelled_at.eq(Some(now)),
+                bookings::sequence.eq(bookings::sequence + 1),
+                bookings::updated_at.eq(now),
+            ))
+            .execute(conn)?,
+    };
+    let booking: Booking = bookings::table
+        .find(id)
+        .select(Booking::as_select())
+        .first(conn)?;
+    if updated == 0 {
+        return Err(BookingWriteError::WrongStatus(booking.status));
+    }
+    Ok(booking)
+}
+
+/// Cancels a confirmed booking, refunds its allowance and queues the cancellation email.
+pub fn cancel(
+    conn: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+    mail: &OutboxRow,
+) -> Result<Booking, BookingWriteError> {
+    write_transaction(conn, |conn| {
+        let booking = transition(conn, id, BookingStatus::Cancelled, now)?;
+        refund_allowance(conn, &booking)?;
+        on_backend!(conn, |c| diesel::insert_into(outbox::table)
+            .values(mail)
+            .execute(c)?);
+        Ok(booking)
+    })
+}
+
+pub fn check_in(
+    conn: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+) -> Result<Booking, BookingWriteError> {
+    write_transaction(conn, |conn| {
+        transition(conn, id, BookingStatus::CheckedIn, now)
+    })
+}
+
+/// Marks bookings that have ended as completed; returns how many.
+pub fn complete_ended(conn: &mut DbConnection, now: NaiveDateTime) -> Result<usize, DbError> {
+    Ok(diesel::update(
+        bookings::table
+            .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+            .filter(bookings::ends_at.le(now)),
+    )
+    .set((
+        bookings::status.eq(BookingStatus::Completed.as_str()),
+        bookings::updated_at.eq(now),
+    ))
+    .execute(conn)?)
+}
+
+/// A booking with what is shown beside it.
+pub type BookingView = (Booking, Resource, Zone);
+
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<BookingView>, DbError> {
+    Ok(bookings::table
+        .inner_join(resources::table.inner_join(zones::table))
+        .filter(bookings::id.eq(id))
+        .select((
+            Booking::as_select(),
+            Resource::as_select(),
+            Zone::as_select(),
+        ))
+        .first(conn)
+        .optional()?)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BookingFilter {
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub site_ids: Option<Vec<String>>,
+    pub status: Option<String>,
+    /// Bookings that end after this instant.
+    pub from: Option<NaiveDateTime>,
+    /// Bookings that start before this instant.
+    pub to: Option<NaiveDateTime>,
+    /// Keyset cursor: the `(starts_at, id)` of the last booking already returned.
+    pub after: Option<(NaiveDateTime, String)>,
+    pub limit: i64,
+}
+
+pub fn list(conn: &mut DbConnection, f: &BookingFilter) -> Result<Vec<BookingView>, DbError> {
+    let mut q = bookings::table
+        .inner_join(resources::table.inner_join(zones::table))
+        .select((
+            Booking::as_select(),
+            Resource::as_select(),
+            Zone::as_select(),
+        ))
+        .order((bookings::starts_at, bookings::id))
+        .limit(f.limit)
+        .into_boxed();
+    if let Some(u) = &f.user_id {
+        q = q.filter(bookings::user_id.eq(u.clone()));
+    }
+    if let Some(o) = &f.organization_id {
+        q = q.filter(bookings::organization_id.eq(o.clone()));
+    }
+    if let Some(sites) = &f.site_ids {
+        q = q.filter(bookings::site_id.eq_any(sites.clone()));
+    }
+    if let Some(s) = &f.status {
+        q = q.filter(bookings::status.eq(s.clone()));
+    }
+    if let Some(from) = f.from {
+        q = q.filter(bookings::ends_at.gt(from));
+    }
+    if let Some(to) = f.to {
+        q = q.filter(bookings::starts_at.lt(to));
+    }
+    if let Some((ts, id)) = &f.after {
+        q = q.filter(
+            bookings::starts_at
+                .gt(*ts)
+                .or(bookings::starts_at.eq(*ts).and(bookings::id.gt(id.clone()))),
+        );
+    }
+    Ok(q.load(conn)?)
+}
+
+/// Resources of `kind` at `site_ids` with no active booking overlapping `[from, to)`.
+pub fn available(
+    conn: &mut DbConnection,
+    site_ids: &[String],
+    kind: &str,
+    from: NaiveDateTime,
+    to: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<(Resource, Zone)>, DbError> {
+    let busy = bookings::table
+        .filter(bookings::resource_id.eq(resources::id))
+        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+        .filter(bookings::starts_at.lt(to))
+        .filter(bookings::ends_at.gt(from));
+    Ok(resources::table
+        .inner_join(zones::table)
+        .filter(resources::site_id.eq_any(site_ids))
+        .filter(resources::kind.eq(kind))
+        .filter(not(exists(busy)))
+        .select((Resource::as_select(), Zone::as_select()))
+        .order((resources::site_id, resources::id))
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Active bookings of one resource that overlap `[from, to)`, for a quote's answer.
+pub fn conflicts(
+    conn: &mut DbConnection,
+    resource_id: &str,
+    from: NaiveDateTime,
+    to: NaiveDateTime,
+) -> Result<Vec<(String, NaiveDateTime, NaiveDateTime)>, DbError> {
+    Ok(bookings::table
+        .filter(bookings::resource_id.eq(resource_id))
+        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+        .filter(bookings::starts_at.lt(to))
+        .filter(bookings::ends_at.gt(from))
+        .select((bookings::id, bookings::starts_at, bookings::ends_at))
+        .order(bookings::starts_at)
+        .load(conn)?)
+}

@@ -1,0 +1,136 @@
+//! Storage: the only layer that knows SQLite from PostgreSQL.
+//!
+//! Every query runs on a fixed set of database threads fed by a bounded channel
+//! ([`Db::run`]), so async handlers never block on a connection checkout.
+
+pub mod bookings;
+pub mod idempotency;
+pub mod migrations;
+pub mod models;
+pub mod network;
+pub mod outbox;
+mod pool;
+pub mod schema;
+pub mod users;
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+pub use pool::{Db, DbConfig};
+
+/// One connection type for both backends, chosen at run time from `DATABASE_URL`.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgresql(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl DbConnection {
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbConnection::Postgresql(_) => Backend::Postgres,
+            DbConnection::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+/// Errors from the storage layer. Constraint outcomes that callers act on are their own variants.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("not found")]
+    NotFound,
+    #[error("the resource is already booked for part of that interval")]
+    Overlap,
+    #[error("unique constraint violated")]
+    Duplicate,
+    #[error("database busy: {0}")]
+    Busy(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(DieselError),
+}
+
+impl From<DieselError> for DbError {
+    fn from(e: DieselError) -> Self {
+        match &e {
+            DieselError::NotFound => DbError::NotFound,
+            DieselError::DatabaseError(kind, info) => {
+                let msg = info.message();
+                if msg.contains("bookings_no_overlap")
+                    || info.constraint_name() == Some("bookings_no_overlap")
+                {
+                    DbError::Overlap
+                } else if matches!(kind, DatabaseErrorKind::UniqueViolation) {
+                    DbError::Duplicate
+                } else if msg.contains("database is locked") || msg.contains("busy") {
+                    DbError::Busy(msg.to_string())
+                } else if matches!(kind, DatabaseErrorKind::ClosedConnection) {
+                    DbError::Unavailable(msg.to_string())
+                } else {
+                    DbError::Query(e)
+                }
+            }
+            _ => DbError::Query(e),
+        }
+    }
+}
+
+impl From<r2d2::Error> for DbError {
+    fn from(e: r2d2::Error) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// A transaction that holds the write lock from its first statement.
+///
+/// On SQLite this is `BEGIN IMMEDIATE`, so two writers never read the same state and then both
+/// write; on PostgreSQL it is an ordinary transaction and the constraints do the guarding.
+pub fn write_transaction<T, E>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DieselError>,
+{
+    if let DbConnection::Sqlite(inner) = conn {
+        AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
+        let outcome = f(conn);
+        let DbConnection::Sqlite(inner) = conn else {
+            return Err(DieselError::BrokenTransactionManager.into());
+        };
+        match outcome {
+            Ok(value) => {
+                if let Err(e) = AnsiTransactionManager::commit_transaction(inner) {
+                    let _ = AnsiTransactionManager::rollback_transaction(inner);
+                    return Err(e.into());
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = AnsiTransactionManager::rollback_transaction(inner);
+                Err(e)
+            }
+        }
+    } else {
+        conn.transaction(f)
+    }
+}
+
+/// Timestamps are stored as naive UTC in both databases.
+pub fn utc(ts: chrono::NaiveDateTime) -> chrono::DateTime<chrono::Utc> {
+    ts.and_utc()
+}
+
+pub fn naive(ts: chrono::DateTime<chrono::Utc>) -> chrono::NaiveDateTime {
+    ts.naive_utc()
+}

@@ -1,0 +1,219 @@
+//! The network's sites, zones and resources: seeding and the in-memory directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+use diesel::prelude::*;
+
+use super::models::{Resource, Site, SiteClosure, Zone};
+use super::schema::{resources, site_closures, sites, zones};
+use super::{write_transaction, DbConnection, DbError, DbResult};
+use crate::domain::holidays::national_holiday;
+use crate::domain::network::SiteSpec;
+use crate::domain::opening_hours::{WeeklyHours, WeeklyHoursJson};
+
+/// Runs the same diesel expression on whichever backend the connection is.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Postgresql($c) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;
+
+/// Inserts every site of `network` that is not stored yet; returns how many were added.
+pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<usize> {
+    let existing: Vec<String> = sites::table.select(sites::id).load(conn)?;
+    let mut added = 0;
+    for spec in network.iter().filter(|s| !existing.contains(&s.id)) {
+        write_transaction(conn, |conn| insert_site(conn, spec))?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+fn insert_site(conn: &mut DbConnection, spec: &SiteSpec) -> DbResult<()> {
+    let hours = serde_json::to_string(&spec.hours.to_json()).map_err(|e| {
+        DbError::Unavailable(format!(
+            "opening hours of {} not serialisable: {e}",
+            spec.id
+        ))
+    })?;
+    let site = Site {
+        id: spec.id.clone(),
+        name: spec.name.clone(),
+        comune: spec.comune.clone(),
+        istat_code: spec.istat_code.clone(),
+        province: spec.province.clone(),
+        province_code: spec.province_code.clone(),
+        region: spec.region.clone(),
+        population: spec.population,
+        small_town: spec.small_town,
+        address: spec.address.clone(),
+        latitude: spec.latitude,
+        longitude: spec.longitude,
+        timezone: spec.timezone.clone(),
+        size: spec.size.as_str().to_string(),
+        area_m2: spec.area_m2,
+        opening_hours: hours,
+    };
+    let closures: Vec<SiteClosure> = spec
+        .closures
+        .iter()
+        .map(|(day, reason)| SiteClosure {
+            site_id: spec.id.clone(),
+            day: day.to_string(),
+            reason: reason.clone(),
+        })
+        .collect();
+    let zone_rows: Vec<Zone> = spec
+        .zones
+        .iter()
+        .map(|z| Zone {
+            id: z.id.clone(),
+            site_id: spec.id.clone(),
+            name: z.name.clone(),
+            floor: z.floor,
+        })
+        .collect();
+    let resource_rows: Vec<Resource> = spec
+        .zones
+        .iter()
+        .flat_map(|z| {
+            z.resources.iter().map(|r| Resource {
+                id: r.id.clone(),
+                site_id: spec.id.clone(),
+                zone_id: z.id.clone(),
+                kind: r.kind.as_str().to_string(),
+                name: r.name.clone(),
+                capacity: r.capacity,
+                amenities: serde_json::to_string(&r.amenities).unwrap_or_else(|_| "[]".into()),
+            })
+        })
+        .collect();
+    on_backend!(conn, |c| {
+        diesel::insert_into(sites::table).values(&site).execute(c)?;
+        diesel::insert_into(site_closures::table)
+            .values(&closures)
+            .execute(c)?;
+        diesel::insert_into(zones::table)
+            .values(&zone_rows)
+            .execute(c)?;
+        for chunk in resource_rows.chunks(200) {
+            diesel::insert_into(resources::table)
+                .values(chunk)
+                .execute(c)?;
+        }
+    });
+    Ok(())
+}
+
+/// A site with what is read on every request already parsed.
+#[derive(Debug, Clone)]
+pub struct SiteEntry {
+    pub site: Site,
+    pub tz: Tz,
+    pub hours: WeeklyHours,
+    pub closures: BTreeMap<NaiveDate, String>,
+    pub resource_counts: BTreeMap<String, i64>,
+}
+
+impl SiteEntry {
+    /// Why the site is closed on `day`, if it is: a national holiday or a closure of its own.
+    pub fn closure(&self, day: NaiveDate) -> Option<&str> {
+        national_holiday(day).or_else(|| self.closures.get(&day).map(String::as_str))
+    }
+}
+
+/// The whole network in memory: 250 sites are a few hundred kilobytes, and they rarely change.
+#[derive(Debug, Default)]
+pub struct Directory {
+    pub sites: Vec<Arc<SiteEntry>>,
+    by_id: HashMap<String, Arc<SiteEntry>>,
+}
+
+impl Directory {
+    pub fn get(&self, id: &str) -> Option<&Arc<SiteEntry>> {
+        self.by_id.get(id)
+    }
+
+    pub fn load(conn: &mut DbConnection) -> DbResult<Directory> {
+        let rows: Vec<Site> = sites::table
+            .select(Site::as_select())
+            .order(sites::id)
+            .load(conn)?;
+        let closures: Vec<SiteClosure> = site_closures::table
+            .select(SiteClosure::as_select())
+            .load(conn)?;
+        let counts: Vec<(String, String, i64)> = resources::table
+            .group_by((resources::site_id, resources::kind))
+            .select((
+                resources::site_id,
+                resources::kind,
+                diesel::dsl::count_star(),
+            ))
+            .load(conn)?;
+        let mut closures_by_site: HashMap<String, BTreeMap<NaiveDate, String>> = HashMap::new();
+        for c in closures {
+            if let Ok(day) = c.day.parse::<NaiveDate>() {
+                closures_by_site
+                    .entry(c.site_id)
+                    .or_default()
+                    .insert(day, c.reason);
+            }
+        }
+        let mut counts_by_site: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
+        for (site, kind, n) in counts {
+            counts_by_site.entry(site).or_default().insert(kind, n);
+        }
+        let mut dir = Directory::default();
+        for site in rows {
+            let tz: Tz = site.timezone.parse().map_err(|_| {
+                DbError::Unavailable(format!("site {} has an unknown timezone", site.id))
+            })?;
+            let json: WeeklyHoursJson = serde_json::from_str(&site.opening_hours)
+                .map_err(|e| DbError::Unavailable(format!("site {} hours: {e}", site.id)))?;
+            let hours = WeeklyHours::from_json(&json)
+                .map_err(|e| DbError::Unavailable(format!("site {} hours: {e}", site.id)))?;
+            let entry = Arc::new(SiteEntry {
+                closures: closures_by_site.remove(&site.id).unwrap_or_default(),
+                resource_counts: counts_by_site.remove(&site.id).unwrap_or_default(),
+                tz,
+                hours,
+                site,
+            });
+            dir.by_id.insert(entry.site.id.clone(), entry.clone());
+            dir.sites.push(entry);
+        }
+        Ok(dir)
+    }
+}
+
+pub fn site_resources(
+    conn: &mut DbConnection,
+    site_id: &str,
+    kind: Option<&str>,
+) -> DbResult<Vec<(Resource, Zone)>> {
+    let mut q = resources::table
+        .inner_join(zones::table)
+        .filter(resources::site_id.eq(site_id))
+        .select((Resource::as_select(), Zone::as_select()))
+        .order(resources::id)
+        .into_boxed();
+    if let Some(kind) = kind {
+        q = q.filter(resources::kind.eq(kind.to_string()));
+    }
+    Ok(q.load(conn)?)
+}
+
+pub fn resource(conn: &mut DbConnection, id: &str) -> DbResult<(Resource, Zone)> {
+    Ok(resources::table
+        .inner_join(zones::table)
+        .filter(resources::id.eq(id))
+        .select((Resource::as_select(), Zone::as_select()))
+        .first(conn)?)
+}

@@ -1,0 +1,191 @@
+//! Table definitions shared by both backends; the migrations in `migrations/{sqlite,postgres}` must match.
+
+diesel::table! {
+    organizations (id) {
+        id -> Text,
+        name -> Text,
+        monthly_allowance_minutes -> Integer,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        email -> Text,
+        name -> Text,
+        password_hash -> Text,
+        role -> Text,
+        organization_id -> Nullable<Text>,
+        verified_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    email_verifications (token_hash) {
+        token_hash -> Text,
+        user_id -> Text,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        user_id -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Text,
+        session_id -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        spent_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    sites (id) {
+        id -> Text,
+        name -> Text,
+        comune -> Text,
+        istat_code -> Text,
+        province -> Text,
+        province_code -> Text,
+        region -> Text,
+        population -> Integer,
+        small_town -> Bool,
+        address -> Text,
+        latitude -> Double,
+        longitude -> Double,
+        timezone -> Text,
+        size -> Text,
+        area_m2 -> Integer,
+        opening_hours -> Text,
+    }
+}
+
+diesel::table! {
+    site_closures (site_id, day) {
+        site_id -> Text,
+        day -> Text,
+        reason -> Text,
+    }
+}
+
+diesel::table! {
+    site_managers (user_id, site_id) {
+        user_id -> Text,
+        site_id -> Text,
+    }
+}
+
+diesel::table! {
+    zones (id) {
+        id -> Text,
+        site_id -> Text,
+        name -> Text,
+        floor -> Integer,
+    }
+}
+
+diesel::table! {
+    resources (id) {
+        id -> Text,
+        site_id -> Text,
+        zone_id -> Text,
+        kind -> Text,
+        name -> Text,
+        capacity -> Integer,
+        amenities -> Text,
+    }
+}
+
+diesel::table! {
+    bookings (id) {
+        id -> Text,
+        resource_id -> Text,
+        site_id -> Text,
+        user_id -> Text,
+        organization_id -> Nullable<Text>,
+        starts_at -> Timestamp,
+        ends_at -> Timestamp,
+        status -> Text,
+        attendees -> Integer,
+        note -> Nullable<Text>,
+        charged_minutes -> Integer,
+        allowance_month -> Nullable<Text>,
+        sequence -> Integer,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        checked_in_at -> Nullable<Timestamp>,
+        cancelled_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    allowance_usage (organization_id, month) {
+        organization_id -> Text,
+        month -> Text,
+        used_minutes -> Integer,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (user_id, key) {
+        user_id -> Text,
+        key -> Text,
+        request_hash -> Text,
+        status_code -> Nullable<Integer>,
+        response_body -> Nullable<Text>,
+        location -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Text,
+        kind -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+        available_at -> Timestamp,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+        sent_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::joinable!(users -> organizations (organization_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::joinable!(zones -> sites (site_id));
+diesel::joinable!(resources -> zones (zone_id));
+diesel::joinable!(resources -> sites (site_id));
+diesel::joinable!(bookings -> resources (resource_id));
+diesel::joinable!(bookings -> sites (site_id));
+diesel::joinable!(bookings -> users (user_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    organizations,
+    users,
+    email_verifications,
+    sessions,
+    refresh_tokens,
+    sites,
+    site_closures,
+    site_managers,
+    zones,
+    resources,
+    bookings,
+    allowance_usage,
+    idempotency_keys,
+    outbox,
+);

@@ -1,0 +1,94 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "must be one of: {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What a bookable resource is.
+    ResourceKind {
+        Desk => "desk",
+        MeetingRoom => "meeting_room",
+        Office => "office",
+        EventRoom => "event_room",
+        EvBay => "ev_bay",
+    }
+);
+
+string_enum!(
+    /// Where a booking is in its life cycle.
+    BookingStatus {
+        Confirmed => "confirmed",
+        CheckedIn => "checked_in",
+        Completed => "completed",
+        Cancelled => "cancelled",
+        Released => "released",
+    }
+);
+
+string_enum!(
+    /// What an account may do; site managers are further scoped to their sites.
+    Role {
+        Member => "member",
+        CompanyAdmin => "company_admin",
+        SiteManager => "site_manager",
+        NetworkAdmin => "network_admin",
+    }
+);
+
+impl BookingStatus {
+    /// Statuses that hold the resource.
+    pub const ACTIVE: [&'static str; 2] = ["confirmed", "checked_in"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_text() {
+        for k in ResourceKind::ALL {
+            assert_eq!(k.as_str().parse::<ResourceKind>().unwrap(), *k);
+        }
+        assert!("sofa".parse::<ResourceKind>().unwrap_err().contains("desk"));
+        assert_eq!(
+            serde_json::to_string(&BookingStatus::CheckedIn).unwrap(),
+            "\"checked_in\""
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Spazi: booking and building management for the Spazi per l'Italia coworking network.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod email;
+pub mod jobs;
+pub mod metrics;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,181 @@
+//! Builds the running service: storage, the broker, background jobs and the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::api::error::framework_problem;
+use crate::api::extract::MAX_BODY;
+use crate::api::state::AppState;
+use crate::api::tokens::TokenKeys;
+use crate::config::{Config, MqttConfig};
+use crate::db::network::Directory;
+use crate::db::{migrations, network, Db, DbConfig};
+use crate::domain::network::{generate, DEFAULT_SEED};
+use crate::email::{MailConfig, Mailer};
+use crate::jobs::housekeeping;
+use crate::jobs::mailer::MailJob;
+use crate::metrics::Metrics;
+
+pub struct Application {
+    pub port: u16,
+    pub state: web::Data<AppState>,
+    server: Server,
+}
+
+/// Opens the database, migrates it, and on an empty database seeds the network.
+pub fn prepare_database(url: &str) -> anyhow::Result<Db> {
+    let db = Db::connect(&DbConfig::new(url)).context("opening the database")?;
+    let applied = migrations::run(&db)?;
+    if applied > 0 {
+        tracing::info!(applied, "migrations applied");
+    }
+    let added = db.run_blocking(|c| network::seed(c, &generate(DEFAULT_SEED)))?;
+    if added > 0 {
+        tracing::info!(sites = added, "network seeded");
+    }
+    Ok(db)
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let url = config.database_url.clone();
+        let db = tokio::task::spawn_blocking(move || prepare_database(&url)).await??;
+        let directory = db.run_blocking(|c| Directory::load(c))?;
+        let mqtt_addr = match &config.mqtt {
+            MqttConfig::Embedded(listen) => {
+                let addr = crate::telemetry::broker::start_embedded(*listen)?;
+                tracing::info!(%addr, "embedded MQTT broker listening");
+                addr.to_string()
+            }
+            MqttConfig::External { host, port } => format!("{host}:{port}"),
+        };
+        let mail_config = MailConfig::parse(&config.mail_url).context("SPAZI_MAIL_URL")?;
+        let mailer = Mailer::new(&mail_config).context("setting up the mail transport")?;
+        let metrics = Arc::new(Metrics::default());
+        let waker = Arc::new(tokio::sync::Notify::new());
+        let state = web::Data::new(AppState {
+            db: db.clone(),
+            directory: RwLock::new(Arc::new(directory)),
+            tokens: TokenKeys::new(&config.jwt_secret),
+            metrics: metrics.clone(),
+            mail_waker: waker.clone(),
+            mqtt_addr: Some(mqtt_addr),
+            config: config.clone(),
+        });
+        tokio::spawn(
+            MailJob {
+                db: db.clone(),
+                mailer,
+                from: config.mail_from.clone(),
+                waker,
+                metrics,
+                poll: Duration::from_secs(config.mail_poll_secs.max(1)),
+            }
+            .run(),
+        );
+        tokio::spawn(housekeeping::complete_ended_bookings(
+            db.clone(),
+            Duration::from_secs(60),
+        ));
+        tokio::spawn(refresh_directory(state.clone()));
+
+        let listener = TcpListener::bind(&config.listen)
+            .with_context(|| format!("binding SPAZI_LISTEN {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let data = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(MAX_BODY))
+                .wrap(ErrorHandlers::new().default_handler(problem_for_framework_errors))
+                .wrap_fn(|req, srv| {
+                    use actix_web::dev::Service;
+                    let started = Instant::now();
+                    let method = req.method().to_string();
+                    let metrics = req
+                        .app_data::<web::Data<AppState>>()
+                        .map(|s| s.metrics.clone());
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        let route = res
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".into());
+                        let status = res.status().as_u16();
+                        let secs = started.elapsed().as_secs_f64();
+                        if let Some(m) = metrics {
+                            m.observe(&method, &route, status, secs);
+                        }
+                        tracing::debug!(%method, %route, status, ms = secs * 1000.0, "request");
+                        Ok(res)
+                    }
+                })
+                .configure(crate::api::routes)
+                .default_service(web::to(|| async {
+                    framework_problem(actix_web::http::StatusCode::NOT_FOUND, "no such route")
+                }))
+        })
+        .listen(listener)?
+        .run();
+        tracing::info!(port, url = %format!("http://{}", display_addr(&config.listen, port)), "HTTP server listening");
+        Ok(Application {
+            port,
+            state,
+            server,
+        })
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn display_addr(listen: &str, port: u16) -> String {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    format!("{host}:{port}")
+}
+
+/// Turns actix's own plain-text errors (bad method, unmatched path) into problem details.
+fn problem_for_framework_errors<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if is_problem || !(res.status().is_client_error() || res.status().is_server_error()) {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let detail = res
+        .response()
+        .error()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let (req, _) = res.into_parts();
+    let problem: actix_web::HttpResponse<BoxBody> = framework_problem(status, &detail);
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, problem).map_into_right_body(),
+    ))
+}
+
+/// Reloads the directory now and then, so closures added by another instance show up.
+async fn refresh_directory(state: web::Data<AppState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        match state.db.run(|c| Directory::load(c)).await {
+            Ok(dir) => state.replace_directory(dir),
+            Err(e) => tracing::warn!(error = %e, "directory refresh failed"),
+        }
+    }
+}

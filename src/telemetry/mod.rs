@@ -1,0 +1,3 @@
+//! The building side: MQTT. For now, the broker embedded in the process.
+
+pub mod broker;
