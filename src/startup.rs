@@ -148,12 +148,12 @@ fn display_addr(listen: &str, port: u16) -> String {
 fn problem_for_framework_errors<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_problem = res
+    let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/problem+json"));
-    if is_problem || !(res.status().is_client_error() || res.status().is_server_error()) {
+        .is_some_and(|v| v.contains("json"));
+    if is_json || !(res.status().is_client_error() || res.status().is_server_error()) {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();

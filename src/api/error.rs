@@ -165,24 +165,18 @@ impl From<BookingWriteError> for ApiError {
 
 /// Problem details for errors raised by actix itself (unknown route, wrong method, bad path).
 pub fn framework_problem(status: StatusCode, detail: &str) -> HttpResponse {
-    let err = match status {
-        StatusCode::NOT_FOUND => ApiError::NotFound(detail.to_string()),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(detail.to_string()),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            return HttpResponse::build(status)
-                .insert_header((header::CONTENT_TYPE, "application/problem+json"))
-                .body(
-                    serde_json::json!({
-                        "type": "/problems/method-not-allowed",
-                        "title": "Method not allowed",
-                        "status": 405,
-                        "detail": detail,
-                        "code": "method_not_allowed",
-                    })
-                    .to_string(),
-                )
-        }
-        _ => ApiError::BadRequest(detail.to_string()),
-    };
-    err.error_response()
+    let title = status.canonical_reason().unwrap_or("Error");
+    let code = title.to_ascii_lowercase().replace([' ', '-'], "_");
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, "application/problem+json"))
+        .body(
+            serde_json::json!({
+                "type": format!("/problems/{}", code.replace('_', "-")),
+                "title": title,
+                "status": status.as_u16(),
+                "detail": detail,
+                "code": code,
+            })
+            .to_string(),
+        )
 }

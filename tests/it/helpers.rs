@@ -26,6 +26,9 @@ pub enum Backend {
 macro_rules! on_both {
     ($name:ident, $body:expr) => {
         mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
             #[actix_web::test]
             async fn sqlite() {
                 let f = $body;

@@ -1,1 +1,98 @@
-//! (being written)
+//! Health, readiness, metrics, OpenAPI and the documentation page; migrations in step.
+
+use std::collections::BTreeSet;
+
+use spazi::config::MqttConfig;
+
+use crate::helpers::{spawn, spawn_with};
+use crate::on_both;
+
+on_both!(health_ready_and_metrics, |backend| async move {
+    let app = spawn(backend).await;
+    let (s, health) = app.get_json("/healthz", None).await;
+    assert_eq!((s, health["status"].as_str()), (200, Some("ok")));
+    let (s, ready) = app.get_json("/readyz", None).await;
+    assert_eq!(s, 200, "{ready}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("spazi_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"} 1"), "{text}");
+    assert!(text.contains("# TYPE spazi_outbox_pending gauge"));
+});
+
+on_both!(readiness_names_the_missing_broker, |backend| async move {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = spawn_with(backend, |mut c| {
+        c.mqtt = MqttConfig::External { host: "127.0.0.1".into(), port };
+        c
+    })
+    .await;
+    let (s, ready) = app.get_json("/readyz", None).await;
+    assert_eq!(s, 503);
+    assert_eq!(ready["checks"]["mqtt"]["status"], "unavailable");
+    assert_eq!(ready["checks"]["database"]["status"], "ok");
+});
+
+on_both!(embedded_broker_is_ready, |backend| async move {
+    let app = spawn_with(backend, |mut c| {
+        c.mqtt = MqttConfig::Embedded("127.0.0.1:0".parse().unwrap());
+        c
+    })
+    .await;
+    let (s, ready) = app.get_json("/readyz", None).await;
+    assert_eq!(s, 200, "{ready}");
+});
+
+on_both!(openapi_and_offline_docs, |backend| async move {
+    let app = spawn(backend).await;
+    let (s, spec) = app.get_json("/api/v1/openapi.json", None).await;
+    assert_eq!(s, 200);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/api/v1/bookings", "/api/v1/availability", "/api/v1/auth/login", "/api/v1/bookings/{booking_id}/cancel"] {
+        assert!(spec["paths"][path].is_object(), "{path} missing from the OpenAPI description");
+    }
+    let docs = app.client.get(app.url("/api/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger"), "{html}");
+    assert!(!html.contains("cdn") && !html.contains("unpkg"), "docs must be served offline");
+});
+
+#[test]
+fn migration_folders_are_in_step() {
+    let names = |backend: &str| -> BTreeSet<String> {
+        std::fs::read_dir(format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let (sqlite, postgres) = (names("sqlite"), names("postgres"));
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, postgres);
+    for m in &sqlite {
+        for file in ["up.sql", "down.sql"] {
+            for backend in ["sqlite", "postgres"] {
+                let path = format!("{}/migrations/{backend}/{m}/{file}", env!("CARGO_MANIFEST_DIR"));
+                assert!(std::path::Path::new(&path).exists(), "{path} missing");
+            }
+        }
+    }
+}
+
+#[test]
+fn migrations_create_the_same_tables() {
+    let tables = |backend: &str| -> BTreeSet<String> {
+        let dir = format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"));
+        let mut out = BTreeSet::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let sql = std::fs::read_to_string(e.unwrap().path().join("up.sql")).unwrap();
+            for line in sql.lines() {
+                if let Some(rest) = line.trim().strip_prefix("CREATE TABLE ") {
+                    out.insert(rest.split_whitespace().next().unwrap().to_string());
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(tables("sqlite"), tables("postgres"));
+}
