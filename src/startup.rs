@@ -48,7 +48,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let url = config.database_url.clone();
         let db = tokio::task::spawn_blocking(move || prepare_database(&url)).await??;
-        let directory = db.run_blocking(|c| Directory::load(c))?;
+        let directory = db.run_blocking(Directory::load)?;
         let mqtt_addr = match &config.mqtt {
             MqttConfig::Embedded(listen) => {
                 let addr = crate::telemetry::broker::start_embedded(*listen)?;
@@ -173,7 +173,7 @@ fn problem_for_framework_errors<B: MessageBody + 'static>(
 async fn refresh_directory(state: web::Data<AppState>) {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        match state.db.run(|c| Directory::load(c)).await {
+        match state.db.run(Directory::load).await {
             Ok(dir) => state.replace_directory(dir),
             Err(e) => tracing::warn!(error = %e, "directory refresh failed"),
         }

@@ -90,7 +90,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let pending = state.db.run(|c| outbox::pending(c)).await.unwrap_or(-1);
+    let pending = state.db.run(outbox::pending).await.unwrap_or(-1);
     let (connections, idle) = state.db.pool_state();
     let text = state.metrics.render(&[
         (

@@ -153,7 +153,7 @@ fn populate(db: &Db, config: &Config) -> anyhow::Result<Vec<String>> {
 
 /// A realistic week: desks, rooms and an EV bay at a few sites, on the next working days.
 fn book_demo_week(db: &Db, config: &Config, org: &Organization) -> anyhow::Result<()> {
-    let dir = db.run_blocking(|c| Directory::load(c))?;
+    let dir = db.run_blocking(Directory::load)?;
     let plan: &[(usize, &str, &str, u32, u32, u32)] = &[
         // (user, resource, site, day offset, from hour, to hour)
         (0, "bologna-desk-001", "bologna", 1, 9, 13),

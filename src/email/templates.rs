@@ -67,8 +67,7 @@ pub fn booking_confirmed(d: &BookingDetails) -> RenderedMail {
          \n\
          {details}\n\
          \n\
-         Ricorda di fare il check-in quando arrivi: senza check-in entro il periodo di tolleranza \
-         la prenotazione viene annullata automaticamente e lo spazio torna disponibile.\n\
+         Quando arrivi, fai il check-in dalla prenotazione (si apre 15 minuti prima dell'inizio).\n\
          \n\
          Gestisci la prenotazione: {url}\n",
         greeting = greeting("Ciao", &f.member),
@@ -82,8 +81,7 @@ pub fn booking_confirmed(d: &BookingDetails) -> RenderedMail {
          \n\
          {details}\n\
          \n\
-         Remember to check in when you arrive: without a check-in within the grace period \
-         the booking is cancelled automatically and the space becomes available again.\n\
+         When you arrive, check in from your booking (check-in opens 15 minutes before the start).\n\
          \n\
          Manage your booking: {url}\n",
         greeting = greeting("Hi", &f.member),

@@ -121,6 +121,15 @@ fn organizer(state: &AppState) -> &str {
     }
 }
 
+/// The account that owns `b`, for its mail and calendar file.
+pub async fn member_of(state: &AppState, b: &Booking) -> Result<crate::db::models::User, ApiError> {
+    let uid = b.user_id.clone();
+    Ok(state
+        .db
+        .run(move |c| crate::db::users::by_id(c, &uid)?.ok_or(crate::db::DbError::NotFound))
+        .await?)
+}
+
 pub fn booking_url(state: &AppState, id: &str) -> String {
     format!("{}/api/v1/bookings/{id}", state.config.public_url)
 }

@@ -9,7 +9,7 @@ use crate::api::extract::{Auth, Errors, Query};
 use crate::api::state::AppState;
 use crate::api::views::Page;
 use crate::db::bookings::{self as store, BookingFilter, BookingView};
-use crate::db::{naive, users, DbError};
+use crate::db::naive;
 use crate::domain::access::Caller;
 use crate::domain::time_range::parse_instant;
 use crate::domain::{BookingStatus, FieldError};
@@ -148,11 +148,7 @@ pub async fn ics(
 ) -> Result<HttpResponse, ApiError> {
     let (b, r, _) = visible(&state, &auth.caller, &path).await?;
     let site = site_of(&state, &b.site_id)?;
-    let uid = b.user_id.clone();
-    let member = state
-        .db
-        .run(move |c| users::by_id(c, &uid)?.ok_or(DbError::NotFound))
-        .await?;
+    let member = super::member_of(&state, &b).await?;
     let url = booking_url(&state, &b.id);
     let cancelled = matches!(b.status.as_str(), "cancelled" | "released");
     let body = compose::booking_ics(

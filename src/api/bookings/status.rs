@@ -8,7 +8,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::Auth;
 use crate::api::state::AppState;
 use crate::db::bookings as store;
-use crate::db::{naive, users, utc, DbError};
+use crate::db::{naive, utc};
 use crate::domain::policy::{check_in_open, CHECK_IN_EARLY};
 use crate::domain::TimeRange;
 use crate::email::compose::{self, BookingEvent};
@@ -29,11 +29,7 @@ pub async fn cancel(
         ));
     }
     let site = site_of(&state, &b.site_id)?;
-    let uid = b.user_id.clone();
-    let member = state
-        .db
-        .run(move |c| users::by_id(c, &uid)?.ok_or(DbError::NotFound))
-        .await?;
+    let member = super::member_of(&state, &b).await?;
     let url = booking_url(&state, &b.id);
     // Only a confirmed booking can be cancelled, once, and that raises SEQUENCE by one.
     let mut next = b.clone();
