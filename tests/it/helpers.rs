@@ -77,7 +77,10 @@ pub fn test_config(database_url: String, mail_url: String) -> Config {
     Config {
         database_url,
         listen: "127.0.0.1:0".into(),
-        mqtt: MqttConfig::External { host: "127.0.0.1".into(), port: 1883 },
+        mqtt: MqttConfig::External {
+            host: "127.0.0.1".into(),
+            port: 1883,
+        },
         mail_url,
         mail_from: "Spazi per l'Italia <prenotazioni@spazi.example>".into(),
         public_url: "http://spazi.test".into(),
@@ -103,14 +106,20 @@ pub async fn spawn(backend: Backend) -> TestApp {
 pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(Config) -> Config) -> TestApp {
     let (url, db_dir) = fresh_database(backend);
     let mail_dir = tempfile::tempdir().expect("mail dir");
-    let config = adjust(test_config(url, format!("file://{}", mail_dir.path().display())));
+    let config = adjust(test_config(
+        url,
+        format!("file://{}", mail_dir.path().display()),
+    ));
     let app = Application::build(config).await.expect("app starts");
     let base = format!("http://127.0.0.1:{}", app.port);
     let state = app.state.clone();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         base,
-        client: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client"),
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client"),
         state,
         backend,
         mail_dir,
@@ -137,17 +146,31 @@ impl TestApp {
             monthly_allowance_minutes: allowance_hours * 60,
             created_at: naive(Utc::now()),
         };
-        self.state.db.run_blocking(|c| users::create_organization(c, &org)).expect("org");
+        self.state
+            .db
+            .run_blocking(|c| users::create_organization(c, &org))
+            .expect("org");
         org.id
     }
 
     /// A verified account, logged in.
     pub async fn user(&self, role: Role, org: Option<&str>, sites: &[&str]) -> TestUser {
-        let email = format!("{}-{}@test.spazi.example", role.as_str().replace('_', "-"), uuid::Uuid::new_v4().simple());
+        let email = format!(
+            "{}-{}@test.spazi.example",
+            role.as_str().replace('_', "-"),
+            uuid::Uuid::new_v4().simple()
+        );
         let sites: Vec<String> = sites.iter().map(|s| s.to_string()).collect();
         let id = create_account(
             &self.state.db,
-            &NewAccount { email: &email, name: "Test User", role, sites: &sites, organization: org, password: PASSWORD },
+            &NewAccount {
+                email: &email,
+                name: "Test User",
+                role,
+                sites: &sites,
+                organization: org,
+                password: PASSWORD,
+            },
         )
         .expect("account");
         let tokens = self.login(&email, PASSWORD).await;
@@ -155,13 +178,24 @@ impl TestApp {
         TestUser {
             id,
             email,
-            token: tokens.1["access_token"].as_str().expect("access token").to_string(),
-            refresh: tokens.1["refresh_token"].as_str().expect("refresh token").to_string(),
+            token: tokens.1["access_token"]
+                .as_str()
+                .expect("access token")
+                .to_string(),
+            refresh: tokens.1["refresh_token"]
+                .as_str()
+                .expect("refresh token")
+                .to_string(),
         }
     }
 
     pub async fn login(&self, email: &str, password: &str) -> (u16, Value) {
-        self.post_json("/api/v1/auth/login", None, &json!({"email": email, "password": password})).await
+        self.post_json(
+            "/api/v1/auth/login",
+            None,
+            &json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     pub async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
@@ -203,7 +237,11 @@ impl TestApp {
         let sql = sql.to_string();
         self.state
             .db
-            .run_blocking(|c| diesel::sql_query(sql).get_result::<N>(c).map_err(spazi::db::DbError::from))
+            .run_blocking(|c| {
+                diesel::sql_query(sql)
+                    .get_result::<N>(c)
+                    .map_err(spazi::db::DbError::from)
+            })
             .expect("count query")
             .n
     }
@@ -211,9 +249,15 @@ impl TestApp {
     /// A large (open round the clock) site and a day at least `days_ahead` ahead on which it is open.
     pub fn open_day(&self, site_size: &str, days_ahead: i64) -> (String, NaiveDate) {
         let dir = self.state.directory();
-        let site = dir.sites.iter().find(|s| s.site.size == site_size).expect("a site of that size");
+        let site = dir
+            .sites
+            .iter()
+            .find(|s| s.site.size == site_size)
+            .expect("a site of that size");
         let mut day = Utc::now().date_naive() + Duration::days(days_ahead);
-        while site.closure(day).is_some() || site.hours.on(chrono::Datelike::weekday(&day)).is_empty() {
+        while site.closure(day).is_some()
+            || site.hours.on(chrono::Datelike::weekday(&day)).is_empty()
+        {
             day += Duration::days(1);
         }
         (site.site.id.clone(), day)
@@ -231,7 +275,12 @@ impl TestApp {
 
     /// The first resource of `kind` at `site_id`.
     pub async fn resource(&self, site_id: &str, kind: &str) -> Value {
-        let (status, page) = self.get_json(&format!("/api/v1/sites/{site_id}/resources?kind={kind}"), None).await;
+        let (status, page) = self
+            .get_json(
+                &format!("/api/v1/sites/{site_id}/resources?kind={kind}"),
+                None,
+            )
+            .await;
         assert_eq!(status, 200);
         page["items"][0].clone()
     }
@@ -259,5 +308,8 @@ pub fn assert_field_error(status: u16, body: &Value, expected_status: u16, field
         .iter()
         .filter_map(|e| e["field"].as_str())
         .collect();
-    assert!(fields.contains(&field), "expected an error on {field}, got {fields:?} in {body}");
+    assert!(
+        fields.contains(&field),
+        "expected an error on {field}, got {fields:?} in {body}"
+    );
 }
