@@ -131,6 +131,9 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::NotFound => ApiError::NotFound("not found".into()),
+            DbError::InvalidText(_) => ApiError::BadRequest(
+                "the request contains characters that cannot be stored (NUL)".into(),
+            ),
             DbError::Busy(m) | DbError::Unavailable(m) => {
                 tracing::warn!(cause = %m, "database unavailable");
                 ApiError::Unavailable("the database is busy or unreachable; retry shortly".into())

@@ -49,50 +49,78 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             let body = bytes.await.map_err(|_| {
                 ApiError::PayloadTooLarge(format!("the body must be at most {MAX_BODY} bytes"))
             })?;
-            let value: T = parse_json(&body)?;
-            let canonical: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+            let (value, canonical) = parse_json::<T>(&body)?;
             let digest = crate::api::tokens::hash_token(&canonical.to_string());
             Ok(Json(value, digest))
         })
     }
 }
 
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+/// Parses a JSON object into `T`; the canonical form of the value is returned for digests.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<(T, serde_json::Value), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not valid JSON: {} (line {}, column {})",
+            strip_position(&e.to_string()),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
+    if let Some(path) = nul_path(&value, String::new()) {
+        return Err(ApiError::field(&path, "must not contain NUL characters"));
+    }
+    let parsed = serde_path_to_error::deserialize(&value).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                ApiError::BadRequest(format!(
-                    "the body is not valid JSON: {} (line {}, column {})",
-                    strip_position(&inner.to_string()),
-                    inner.line(),
-                    inner.column()
-                ))
-            }
-            _ => {
-                let message = strip_position(&inner.to_string());
-                let field = missing_field(&message)
-                    .map(|f| {
-                        if path == "." {
-                            f.to_string()
-                        } else {
-                            format!("{path}.{f}")
-                        }
-                    })
-                    .unwrap_or_else(|| {
-                        if path == "." {
-                            "body".to_string()
-                        } else {
-                            path.clone()
-                        }
-                    });
-                ApiError::Validation(vec![FieldError::new(field, message)])
-            }
+        let message = strip_position(&err.into_inner().to_string());
+        let field = missing_field(&message)
+            .map(|f| {
+                if path == "." {
+                    f.to_string()
+                } else {
+                    format!("{path}.{f}")
+                }
+            })
+            .unwrap_or_else(|| {
+                if path == "." {
+                    "body".to_string()
+                } else {
+                    path.clone()
+                }
+            });
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    })?;
+    Ok((parsed, value))
+}
+
+/// The path of the first string (key or value) holding a NUL, which PostgreSQL cannot store.
+fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
         }
-    })
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => {
+            Some(if path.is_empty() { "body".into() } else { path })
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, join(&i.to_string()))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join("<key>"))
+            } else {
+                nul_path(v, join(k))
+            }
+        }),
+        _ => None,
+    }
 }
 
 fn missing_field(message: &str) -> Option<&str> {

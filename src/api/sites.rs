@@ -374,13 +374,13 @@ pub async fn availability(
         Vec::new()
     } else {
         let (f, t) = (naive(range.start()), naive(range.end()));
-        let fetch = limit + offset as i64 + 1;
+        let fetch = limit.saturating_add(offset as i64).saturating_add(1);
         state
             .db
             .run(move |c| bookings::available(c, &open_ids, kind.as_str(), f, t, fetch))
             .await?
     };
-    let more = rows.len() as i64 > limit + offset as i64;
+    let more = rows.len() as i64 > limit.saturating_add(offset as i64);
     let items: Vec<AvailableResource> = rows
         .into_iter()
         .skip(offset)

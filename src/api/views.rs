@@ -99,7 +99,8 @@ pub mod offset_cursor {
             .decode(c)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse().ok()))
+            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse::<u32>().ok()))
+            .map(|n| n as usize)
             .ok_or_else(|| FieldError::new("cursor", "is not a cursor returned by this list"))
     }
 }

@@ -50,6 +50,8 @@ pub enum DbError {
     Overlap,
     #[error("unique constraint violated")]
     Duplicate,
+    #[error("text the database cannot store: {0}")]
+    InvalidText(String),
     #[error("database busy: {0}")]
     Busy(String),
     #[error("database unavailable: {0}")]
@@ -70,6 +72,8 @@ impl From<DieselError> for DbError {
                     DbError::Overlap
                 } else if matches!(kind, DatabaseErrorKind::UniqueViolation) {
                     DbError::Duplicate
+                } else if msg.contains("invalid byte sequence") {
+                    DbError::InvalidText(msg.to_string())
                 } else if msg.contains("database is locked") || msg.contains("busy") {
                     DbError::Busy(msg.to_string())
                 } else if matches!(kind, DatabaseErrorKind::ClosedConnection) {

@@ -25,7 +25,9 @@ fn decode_cursor(c: &str) -> Result<(chrono::NaiveDateTime, String), FieldError>
         String::from_utf8(URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?).map_err(|_| bad())?;
     let (micros, id) = text.split_once('|').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let ts = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let ts = chrono::DateTime::from_timestamp_micros(micros)
+        .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
+        .ok_or_else(bad)?;
     Ok((ts.naive_utc(), id.to_string()))
 }
 
@@ -115,6 +117,11 @@ pub async fn list(
 
 /// The booking if the caller may see it; 404 otherwise, so ids reveal nothing.
 pub async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<BookingView, ApiError> {
+    if id.contains('\0') {
+        return Err(ApiError::NotFound(format!(
+            "no booking {id:?} that you can see"
+        )));
+    }
     let bid = id.to_string();
     let found = state.db.run(move |c| store::find(c, &bid)).await?;
     match found {
