@@ -7,8 +7,10 @@ use super::models::OutboxRow;
 use super::schema::outbox;
 use super::{write_transaction, DbConnection, DbError};
 
-/// How long a claimed row stays invisible to other senders before it may be retried.
-pub const CLAIM_LEASE: Duration = Duration::minutes(2);
+/// How long a claimed row stays invisible to other senders before it may be retried: longer than
+/// one send can take (the SMTP client times out at 10 s), short enough that a crash mid-send
+/// delays the mail by well under a minute.
+pub const CLAIM_LEASE: Duration = Duration::seconds(30);
 
 /// Claims up to `limit` rows that are due, pushing their `available_at` past the lease so no
 /// other instance sends them meanwhile. PostgreSQL skips rows another sender has locked.

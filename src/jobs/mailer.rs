@@ -43,10 +43,11 @@ impl MailJob {
         }
     }
 
-    /// Claims and sends one batch; returns how many rows were attempted.
+    /// Claims and sends one row; returns how many rows were attempted. One at a time, so a
+    /// claim's lease never has to cover more than one send.
     pub async fn drain_once(&self) -> Result<usize, DbError> {
         let now = naive(Utc::now());
-        let rows = self.db.run(move |c| outbox::claim(c, now, 25)).await?;
+        let rows = self.db.run(move |c| outbox::claim(c, now, 1)).await?;
         let n = rows.len();
         for row in rows {
             self.deliver(row).await?;

@@ -93,8 +93,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub state: actix_web::web::Data<AppState>,
-    pub backend: Backend,
-    pub mail_dir: tempfile::TempDir,
+    _mail_dir: tempfile::TempDir,
     _db_dir: Option<tempfile::TempDir>,
 }
 
@@ -121,8 +120,7 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(Config) -> Config)
             .build()
             .expect("client"),
         state,
-        backend,
-        mail_dir,
+        _mail_dir: mail_dir,
         _db_dir: db_dir,
     }
 }
@@ -283,19 +281,6 @@ impl TestApp {
             .await;
         assert_eq!(status, 200);
         page["items"][0].clone()
-    }
-
-    /// Every mail written by the file transport so far, as raw text.
-    pub fn mails(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(self.mail_dir.path()) {
-            for e in entries.flatten() {
-                if let Ok(text) = std::fs::read_to_string(e.path()) {
-                    out.push(text);
-                }
-            }
-        }
-        out
     }
 }
 
