@@ -67,6 +67,7 @@ impl Application {
             tokens: TokenKeys::new(&config.jwt_secret),
             metrics: metrics.clone(),
             mail_waker: waker.clone(),
+            login_throttle: Default::default(),
             mqtt_addr: Some(mqtt_addr),
             config: config.clone(),
         });

@@ -200,7 +200,12 @@ pub async fn login(
 ) -> Result<HttpResponse, ApiError> {
     let req = body.0;
     let email = req.email.trim().to_lowercase();
-    let user = state.db.run(move |c| users::by_email(c, &email)).await?;
+    state
+        .login_throttle
+        .check(&email, std::time::Instant::now())
+        .map_err(ApiError::TooManyRequests)?;
+    let lookup = email.clone();
+    let user = state.db.run(move |c| users::by_email(c, &lookup)).await?;
     let stored = user
         .as_ref()
         .map(|u| u.password_hash.clone())
@@ -217,9 +222,13 @@ pub async fn login(
                 .events
                 .logins_failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .login_throttle
+                .record_failure(&email, std::time::Instant::now());
             return Err(ApiError::Unauthorized(BAD_LOGIN));
         }
     };
+    state.login_throttle.record_success(&email);
     let now = Utc::now();
     let session = Session {
         id: uuid::Uuid::now_v7().to_string(),

@@ -26,6 +26,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("too many attempts; retry in {0} seconds")]
+    TooManyRequests(u64),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -62,6 +64,7 @@ impl ApiError {
                 ("unsupported_media_type", "Unsupported media type")
             }
             ApiError::PayloadTooLarge(_) => ("payload_too_large", "Payload too large"),
+            ApiError::TooManyRequests(_) => ("too_many_requests", "Too many requests"),
             ApiError::Unavailable(_) => ("service_unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal_error", "Internal server error"),
         }
@@ -103,6 +106,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -120,8 +124,14 @@ impl ResponseError for ApiError {
                 r#"Bearer realm="spazi", error="invalid_token""#,
             ));
         }
-        if let ApiError::Unavailable(_) = self {
-            res.insert_header((header::RETRY_AFTER, "5"));
+        match self {
+            ApiError::Unavailable(_) => {
+                res.insert_header((header::RETRY_AFTER, "5"));
+            }
+            ApiError::TooManyRequests(secs) => {
+                res.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            _ => {}
         }
         res.body(serde_json::to_string(&self.problem()).unwrap_or_default())
     }

@@ -168,6 +168,12 @@ impl Query {
         }
     }
 
+    /// An RFC 3339 instant. A `+` offset sent unencoded arrives as a space, and is read as `+`.
+    pub fn instant(&self, name: &str) -> Option<Result<chrono::DateTime<chrono::Utc>, FieldError>> {
+        self.str(name)
+            .map(|v| crate::domain::time_range::parse_instant(&v.replace(' ', "+"), name))
+    }
+
     /// `limit`, 1 to 500, 50 by default.
     pub fn limit(&self) -> Result<i64, FieldError> {
         let limit = self

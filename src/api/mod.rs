@@ -10,6 +10,7 @@ pub mod ops;
 pub mod pages;
 pub mod sites;
 pub mod state;
+pub mod throttle;
 pub mod tokens;
 pub mod views;
 

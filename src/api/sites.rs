@@ -16,7 +16,6 @@ use crate::db::{bookings, naive};
 use crate::domain::geo::distance_km;
 use crate::domain::holidays::national_holidays;
 use crate::domain::opening_hours::WeeklyHoursJson;
-use crate::domain::time_range::parse_instant;
 use crate::domain::{FieldError, ResourceKind, TimeRange};
 
 #[derive(Serialize, ToSchema)]
@@ -305,15 +304,15 @@ pub async fn availability(
     let offset = errors
         .take(offset_cursor::decode(q.str("cursor")))
         .unwrap_or(0);
-    let from = match q.str("from") {
-        Some(v) => errors.take(parse_instant(v, "from")),
+    let from = match q.instant("from") {
+        Some(v) => errors.take(v),
         None => {
             errors.push(FieldError::new("from", "is required (RFC 3339)"));
             None
         }
     };
-    let to = match q.str("to") {
-        Some(v) => errors.take(parse_instant(v, "to")),
+    let to = match q.instant("to") {
+        Some(v) => errors.take(v),
         None => {
             errors.push(FieldError::new("to", "is required (RFC 3339)"));
             None

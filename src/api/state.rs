@@ -15,6 +15,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the outbox mailer as soon as a transaction has queued mail.
     pub mail_waker: Arc<tokio::sync::Notify>,
+    pub login_throttle: super::throttle::LoginThrottle,
     /// Where `/readyz` checks the MQTT broker.
     pub mqtt_addr: Option<String>,
 }

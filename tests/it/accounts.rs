@@ -195,3 +195,34 @@ on_both!(allowance_is_consumed_and_refunded, |backend| async move {
         201
     );
 });
+
+on_both!(
+    repeated_failed_logins_are_slowed_alike,
+    |backend| async move {
+        let app = spawn(backend).await;
+        let user = app.user(Role::Member, None, &[]).await;
+        for _ in 0..10 {
+            assert_eq!(app.login(&user.email, "wrong-password!").await.0, 401);
+            assert_eq!(
+                app.login("ghost@test.spazi.example", "wrong-password!")
+                    .await
+                    .0,
+                401
+            );
+        }
+        let res = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&json!({"email": user.email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+        assert!(res.headers().contains_key("retry-after"));
+        let ghost = app.login("ghost@test.spazi.example", PASSWORD).await;
+        assert_eq!(ghost.0, 429, "an unknown address is limited the same way");
+        // Other addresses are unaffected.
+        let other = app.user(Role::Member, None, &[]).await;
+        assert_eq!(app.login(&other.email, PASSWORD).await.0, 200);
+    }
+);

@@ -186,6 +186,12 @@ on_both!(
         assert_eq!(s, 200);
         assert_eq!(page["items"].as_array().unwrap().len(), 0);
         assert_eq!(page["closed_sites"][0], "milano");
+        // The same query with the offset's `+` left unencoded, as many clients send it.
+        let (s, raw) = app
+        .get_json("/api/v1/availability?site_id=milano&kind=desk&from=2026-12-25T09:00:00+01:00&to=2026-12-25T10:00:00+01:00", None)
+        .await;
+        assert_eq!(s, 200, "{raw}");
+        assert_eq!(raw["from"], "2026-12-25T08:00:00Z");
     }
 );
 

@@ -11,7 +11,6 @@ use crate::api::views::Page;
 use crate::db::bookings::{self as store, BookingFilter, BookingView};
 use crate::db::naive;
 use crate::domain::access::Caller;
-use crate::domain::time_range::parse_instant;
 use crate::domain::{BookingStatus, FieldError};
 use crate::email::compose;
 
@@ -84,14 +83,8 @@ pub async fn list(
             )
             .map(|s| s.as_str().to_string());
     }
-    filter.from = q
-        .str("from")
-        .and_then(|v| errors.take(parse_instant(v, "from")))
-        .map(naive);
-    filter.to = q
-        .str("to")
-        .and_then(|v| errors.take(parse_instant(v, "to")))
-        .map(naive);
+    filter.from = q.instant("from").and_then(|v| errors.take(v)).map(naive);
+    filter.to = q.instant("to").and_then(|v| errors.take(v)).map(naive);
     filter.after = q.str("cursor").and_then(|c| errors.take(decode_cursor(c)));
     errors.finish()?;
     scope(&auth.caller, &q, &mut filter)?;

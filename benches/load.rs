@@ -1,0 +1,892 @@
+//! Load harness: the real service in process on a fresh PostgreSQL database, driven over HTTP
+//! and, for the floors, straight through the same database pool.
+//!
+//! Run with `cargo bench --bench load`. `SPAZI_BENCH_SECS` (default 10) sets how long each
+//! scenario is measured, `SPAZI_BENCH_CONCURRENCY` (default 32) how many clients run at once,
+//! `SPAZI_BENCH_ANALYZE=0` skips the ANALYZE after setup and between writes and reads.
+//! Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust); sends traffic only to 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+use anyhow::{bail, Context};
+use chrono::{Datelike, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
+use diesel::prelude::*;
+use futures::future::{BoxFuture, FutureExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use spazi::api::state::AppState;
+use spazi::cli::{create_account, NewAccount};
+use spazi::config::{Config, MqttConfig};
+use spazi::db::models::{OutboxRow, Resource};
+use spazi::db::network::{site_resources, SiteEntry};
+use spazi::db::schema::{bookings, outbox, resources};
+use spazi::db::{naive, write_transaction, DbConnection, DbError};
+use spazi::domain::policy::{check_booking, BookingContext};
+use spazi::domain::{ResourceKind, Role, TimeRange};
+use spazi::startup::Application;
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const MEMBERS: usize = 8;
+const PASSWORD: &str = "bench-horse-battery-staple";
+/// Each scenario runs this long unrecorded first, so connections and caches are warm.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Days ahead that bookings and availability queries use: inside the 90-day desk lead time.
+const FIRST_DAY: i64 = 1;
+const LAST_DAY: i64 = 88;
+/// The outbox kind of the write floor's rows.
+const FLOOR_KIND: &str = "bench_floor";
+/// The longest the harness waits for booking mail to be sent before the read scenarios.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+struct Settings {
+    secs: u64,
+    concurrency: usize,
+    /// Whether to ANALYZE after setup and again between the write and the read scenarios.
+    analyze: bool,
+}
+
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            let n: u64 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("{name}={v:?} is not a whole number"))?;
+            if n == 0 {
+                bail!("{name} must be at least 1");
+            }
+            Ok(n)
+        }
+        _ => Ok(default),
+    }
+}
+
+/// A database of our own, dropped however the run ends.
+struct BenchDatabase {
+    name: String,
+}
+
+impl BenchDatabase {
+    fn create() -> anyhow::Result<BenchDatabase> {
+        let name = format!(
+            "spazi_bench_{}_{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut admin = PgConnection::establish(PG_ADMIN_URL)
+            .context("PostgreSQL must accept connections on 127.0.0.1:5432 as postgres")?;
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .context("creating the bench database")?;
+        Ok(BenchDatabase { name })
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        // FORCE ends the pool's idle connections, which live as long as the server's workers.
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        for attempt in 0..3 {
+            let dropped = PgConnection::establish(PG_ADMIN_URL)
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| {
+                    diesel::sql_query(&sql)
+                        .execute(&mut c)
+                        .map_err(|e| e.to_string())
+                });
+            match dropped {
+                Ok(_) => return,
+                Err(e) if attempt == 2 => {
+                    eprintln!("could not drop database {}: {e}", self.name)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+}
+
+fn postgres_version() -> String {
+    #[derive(QueryableByName)]
+    struct V {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        server_version: String,
+    }
+    PgConnection::establish(PG_ADMIN_URL)
+        .ok()
+        .and_then(|mut c| {
+            diesel::sql_query("SHOW server_version")
+                .get_result::<V>(&mut c)
+                .ok()
+        })
+        .map_or_else(|| "unknown".into(), |v| v.server_version)
+}
+
+/// The service on its own actix system thread, as `spazi serve` runs it.
+struct Service {
+    port: u16,
+    state: web::Data<AppState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start_service(config: Config) -> anyhow::Result<Service> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("service".into())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                match Application::build(config).await {
+                    Ok(app) => {
+                        let _ = ready_tx.send(Ok((app.port, app.state.clone())));
+                        actix_web::rt::spawn(app.run_until_stopped());
+                        let _ = stopped.await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+        })?;
+    let (port, state) = ready_rx
+        .recv()
+        .context("the service thread ended before starting")??;
+    Ok(Service {
+        port,
+        state,
+        stop,
+        thread,
+    })
+}
+
+/// A large site with what the load needs: its desks and the days it is open.
+struct Site {
+    entry: Arc<SiteEntry>,
+    desks: Vec<String>,
+    days: Vec<NaiveDate>,
+}
+
+impl Site {
+    /// The hour starting at `hour` local time on `day`, if the policy accepts it for a desk now.
+    fn hour(&self, day: NaiveDate, hour: u32) -> Option<TimeRange> {
+        let tz: Tz = self.entry.tz;
+        let start = tz
+            .from_local_datetime(&day.and_hms_opt(hour, 0, 0)?)
+            .single()?
+            .with_timezone(&Utc);
+        let range = TimeRange::new(start, start + chrono::Duration::hours(1)).ok()?;
+        let closed = |d| self.entry.closure(d).is_some();
+        let ctx = BookingContext {
+            kind: ResourceKind::Desk,
+            capacity: 1,
+            hours: &self.entry.hours,
+            timezone: tz,
+            closed: &closed,
+            now: Utc::now(),
+        };
+        check_booking(&ctx, &range, 1).is_empty().then_some(range)
+    }
+}
+
+fn large_sites(state: &AppState) -> anyhow::Result<Vec<Site>> {
+    let dir = state.directory();
+    let mut sites = Vec::new();
+    for entry in dir.sites.iter().filter(|e| e.site.size == "large") {
+        let id = entry.site.id.clone();
+        let desks: Vec<String> = state
+            .db
+            .run_blocking(|c| site_resources(c, &id, Some("desk")))?
+            .into_iter()
+            .map(|(r, _)| r.id)
+            .collect();
+        let today = Utc::now().with_timezone(&entry.tz).date_naive();
+        let days: Vec<NaiveDate> = (FIRST_DAY..=LAST_DAY)
+            .map(|n| today + chrono::Duration::days(n))
+            .filter(|d| entry.closure(*d).is_none() && !entry.hours.on(d.weekday()).is_empty())
+            .collect();
+        if !desks.is_empty() && !days.is_empty() {
+            sites.push(Site {
+                entry: entry.clone(),
+                desks,
+                days,
+            });
+        }
+    }
+    if sites.is_empty() {
+        bail!("the seeded network has no large site with desks");
+    }
+    Ok(sites)
+}
+
+/// Hands out (desk, hour) pairs that no other request has had, spread over sites, desks and time.
+struct Slots {
+    sites: Arc<Vec<Site>>,
+    next: AtomicU64,
+}
+
+/// A prime above 88 days x 24 hours, so stepping by it visits every hour of a site once.
+const STRIDE: u64 = 7919;
+
+impl Slots {
+    fn take(&self) -> Option<(String, TimeRange)> {
+        let count = self.sites.len() as u64;
+        loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let site = &self.sites[(n % count) as usize];
+            let m = n / count;
+            let desks = site.desks.len() as u64;
+            let (desk, round) = (m % desks, m / desks);
+            let hours = site.days.len() as u64 * 24;
+            if round >= hours {
+                return None;
+            }
+            // A different starting hour per desk, so consecutive rounds touch many days at once.
+            let offset =
+                ((n % count).wrapping_mul(1_000_003) ^ desk.wrapping_mul(2_654_435_761)) % hours;
+            let t = (round * STRIDE % hours + offset) % hours;
+            let day = site.days[(t / 24) as usize];
+            if let Some(range) = site.hour(day, (t % 24) as u32) {
+                return Some((site.desks[desk as usize].clone(), range));
+            }
+        }
+    }
+}
+
+type Op = Arc<dyn Fn(usize, &mut StdRng) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+#[derive(Default)]
+struct Outcome {
+    /// Latency of every successful request, in nanoseconds.
+    latencies: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    elapsed: Duration,
+    cpu: Cpu,
+}
+
+/// CPU time in clock ticks, split by who spent it.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    /// Threads of the load generator's runtime.
+    load: u64,
+    /// The `db-N` threads that run every query of the pool.
+    db: u64,
+    /// Every other thread of this process: actix workers, the mailer, the service runtime.
+    service: u64,
+    /// Every `postgres` process on the machine.
+    postgres: u64,
+    machine_busy: u64,
+    machine_total: u64,
+    steal: u64,
+}
+
+/// Clock ticks per second in `/proc`: USER_HZ, 100 on every Linux this runs on.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// A process or thread's name and its user plus system ticks, from a `/proc/.../stat` file.
+fn stat_ticks(path: &std::path::Path) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (head, tail) = text.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = tail.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, ticks))
+}
+
+fn sample_cpu() -> Cpu {
+    let mut cpu = Cpu::default();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Some((name, ticks)) = stat_ticks(&task.path().join("stat")) {
+                if name.starts_with("load") {
+                    cpu.load += ticks;
+                } else if name.starts_with("db-") {
+                    cpu.db += ticks;
+                } else {
+                    cpu.service += ticks;
+                }
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            if p.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                if let Some((name, ticks)) = stat_ticks(&p.path().join("stat")) {
+                    if name == "postgres" {
+                        cpu.postgres += ticks;
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+        let t: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if t.len() >= 8 {
+            // user nice system idle iowait irq softirq steal; guest time is already in user.
+            cpu.machine_total = t[..8].iter().sum();
+            cpu.machine_busy = cpu.machine_total - t[3] - t[4];
+            cpu.steal = t[7];
+        }
+    }
+    cpu
+}
+
+impl Cpu {
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            load: self.load.saturating_sub(before.load),
+            db: self.db.saturating_sub(before.db),
+            service: self.service.saturating_sub(before.service),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            machine_busy: self.machine_busy.saturating_sub(before.machine_busy),
+            machine_total: self.machine_total.saturating_sub(before.machine_total),
+            steal: self.steal.saturating_sub(before.steal),
+        }
+    }
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
+        self.latencies[rank.clamp(1, self.latencies.len()) - 1] as f64 / 1e6
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Runs `op` from `concurrency` clients, each back to back, until `length` has passed.
+async fn drive(op: &Op, concurrency: usize, length: Duration) -> Outcome {
+    let started = Instant::now();
+    let deadline = started + length;
+    let clients: Vec<_> = (0..concurrency)
+        .map(|client| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(client as u64 ^ 0x5bd1_e995);
+                let mut latencies = Vec::with_capacity(16 * 1024);
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    match op(client, &mut rng).await {
+                        Ok(()) => latencies.push(sent.elapsed().as_nanos() as u64),
+                        Err(e) => *errors.entry(e).or_default() += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut outcome = Outcome::default();
+    for client in clients {
+        match client.await {
+            Ok((latencies, errors)) => {
+                outcome.latencies.extend(latencies);
+                for (e, n) in errors {
+                    *outcome.errors.entry(e).or_default() += n;
+                }
+            }
+            Err(e) => {
+                *outcome
+                    .errors
+                    .entry(format!("client task: {e}"))
+                    .or_default() += 1
+            }
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    outcome.latencies.sort_unstable();
+    outcome
+}
+
+async fn measure(name: &str, op: &Op, settings: &Settings) -> Outcome {
+    eprintln!("{name}: warming up, then {} s", settings.secs);
+    drive(op, settings.concurrency, WARM_UP).await;
+    let before = sample_cpu();
+    let mut outcome = drive(op, settings.concurrency, Duration::from_secs(settings.secs)).await;
+    outcome.cpu = sample_cpu().since(before);
+    outcome
+}
+
+/// Gathers the planner statistics that autovacuum keeps current in a database that has been up a
+/// while; without them the availability query probes bookings through the wrong index.
+async fn analyze(state: &AppState) -> anyhow::Result<()> {
+    Ok(state
+        .db
+        .run(|c| {
+            diesel::sql_query("ANALYZE")
+                .execute(c)
+                .map(|_| ())
+                .map_err(DbError::from)
+        })
+        .await?)
+}
+
+/// Booking mail the outbox mailer has not sent yet (the floor's rows are due in ten years).
+async fn mail_backlog(state: &AppState) -> anyhow::Result<i64> {
+    Ok(state
+        .db
+        .run(|c| {
+            outbox::table
+                .filter(outbox::sent_at.is_null())
+                .filter(outbox::kind.ne(FLOOR_KIND))
+                .count()
+                .get_result::<i64>(c)
+                .map_err(DbError::from)
+        })
+        .await?)
+}
+
+/// Waits until the mailer has sent what the bookings queued, so it does not compete with reads.
+async fn drain_mail(state: &AppState, limit: Duration) -> anyhow::Result<Drain> {
+    let started = Instant::now();
+    let backlog = mail_backlog(state).await?;
+    let mut left = backlog;
+    while left > 0 && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        left = mail_backlog(state).await?;
+    }
+    Ok(Drain {
+        backlog,
+        left,
+        took: started.elapsed(),
+    })
+}
+
+struct Drain {
+    backlog: i64,
+    left: i64,
+    took: Duration,
+}
+
+fn raw_select(state: &AppState, desk_ids: Arc<Vec<String>>) -> Op {
+    let db = state.db.clone();
+    Arc::new(move |_, rng| {
+        let id = desk_ids[rng.gen_range(0..desk_ids.len())].clone();
+        let db = db.clone();
+        async move {
+            db.run(move |c| {
+                resources::table
+                    .find(id)
+                    .select(Resource::as_select())
+                    .first::<Resource>(c)
+                    .map_err(DbError::from)
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("select: {e}"))
+        }
+        .boxed()
+    })
+}
+
+fn raw_insert(state: &AppState) -> Op {
+    let db = state.db.clone();
+    Arc::new(move |_, _| {
+        let db = db.clone();
+        async move {
+            let now = naive(Utc::now());
+            // Due in ten years, so the outbox mailer leaves the row alone.
+            let row = OutboxRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                kind: FLOOR_KIND.into(),
+                payload: "{}".into(),
+                created_at: now,
+                available_at: now + chrono::Duration::days(3650),
+                attempts: 0,
+                last_error: None,
+                sent_at: None,
+            };
+            db.run(move |c| {
+                write_transaction(c, |c| match c {
+                    DbConnection::Postgresql(pg) => {
+                        diesel::insert_into(outbox::table).values(&row).execute(pg)
+                    }
+                    DbConnection::Sqlite(lite) => diesel::insert_into(outbox::table)
+                        .values(&row)
+                        .execute(lite),
+                })
+                .map_err(DbError::from)
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("insert: {e}"))
+        }
+        .boxed()
+    })
+}
+
+fn utc_text(t: chrono::DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A random open hour at a random large site, as availability query parameters.
+fn availability_query(sites: &[Site], rng: &mut StdRng) -> [(&'static str, String); 4] {
+    loop {
+        let site = &sites[rng.gen_range(0..sites.len())];
+        let day = site.days[rng.gen_range(0..site.days.len())];
+        if let Some(range) = site.hour(day, rng.gen_range(0..24)) {
+            return [
+                ("site_id", site.entry.site.id.clone()),
+                ("kind", "desk".into()),
+                ("from", utc_text(range.start())),
+                ("to", utc_text(range.end())),
+            ];
+        }
+    }
+}
+
+fn availability(client: reqwest::Client, base: String, sites: Arc<Vec<Site>>) -> Op {
+    let url = format!("{base}/api/v1/availability");
+    Arc::new(move |_, rng| {
+        let request = client.get(&url).query(&availability_query(&sites, rng));
+        async move {
+            let res = request
+                .send()
+                .await
+                .map_err(|e| format!("transport: {e}"))?;
+            let status = res.status().as_u16();
+            let body = res.bytes().await.map_err(|e| format!("body: {e}"))?;
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(problem_key(status, &body))
+            }
+        }
+        .boxed()
+    })
+}
+
+fn create_booking(
+    client: reqwest::Client,
+    base: String,
+    tokens: Arc<Vec<String>>,
+    slots: Arc<Slots>,
+) -> Op {
+    let url = format!("{base}/api/v1/bookings");
+    Arc::new(move |client_no, _| {
+        let slot = slots.take();
+        let request = slot.map(|(desk, range)| {
+            client
+                .post(&url)
+                .bearer_auth(&tokens[client_no % tokens.len()])
+                .json(&json!({
+                    "resource_id": desk,
+                    "starts_at": utc_text(range.start()),
+                    "ends_at": utc_text(range.end()),
+                }))
+        });
+        async move {
+            let request = request.ok_or_else(|| "no free slot left".to_string())?;
+            let res = request
+                .send()
+                .await
+                .map_err(|e| format!("transport: {e}"))?;
+            let status = res.status().as_u16();
+            let body = res.bytes().await.map_err(|e| format!("body: {e}"))?;
+            if status == 201 {
+                Ok(())
+            } else {
+                Err(problem_key(status, &body))
+            }
+        }
+        .boxed()
+    })
+}
+
+/// Groups failures by status and problem code, with the first field error as an example.
+fn problem_key(status: u16, body: &[u8]) -> String {
+    let problem: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let code = problem["code"].as_str().unwrap_or("-");
+    let first = &problem["errors"][0];
+    match (first["field"].as_str(), first["message"].as_str()) {
+        (Some(f), Some(m)) => format!("{status} {code} ({f}: {m})"),
+        _ => format!("{status} {code}"),
+    }
+}
+
+async fn login(client: &reqwest::Client, base: &str, email: &str) -> anyhow::Result<String> {
+    let res = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    match body["access_token"].as_str() {
+        Some(t) if status.is_success() => Ok(t.to_string()),
+        _ => bail!("login of {email} answered {status}: {body}"),
+    }
+}
+
+struct Report {
+    select: Outcome,
+    availability: Outcome,
+    insert: Outcome,
+    create: Outcome,
+    stored_bookings: i64,
+    drain: Drain,
+}
+
+async fn run_scenarios(
+    service: &Service,
+    sites: Arc<Vec<Site>>,
+    settings: &Settings,
+) -> anyhow::Result<Report> {
+    let state = service.state.clone();
+    let base = format!("http://127.0.0.1:{}", service.port);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(settings.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    let mut tokens = Vec::new();
+    for i in 0..MEMBERS {
+        let email = format!("bench-member-{i}@bench.spazi.example");
+        let db = state.db.clone();
+        let address = email.clone();
+        tokio::task::spawn_blocking(move || {
+            create_account(
+                &db,
+                &NewAccount {
+                    email: &address,
+                    name: "Bench Member",
+                    role: Role::Member,
+                    sites: &[],
+                    organization: None,
+                    password: PASSWORD,
+                },
+            )
+        })
+        .await??;
+        tokens.push(login(&client, &base, &email).await?);
+    }
+    let tokens = Arc::new(tokens);
+
+    // One request by hand, so a broken setup fails loudly instead of filling the error column.
+    let probe: Value = client
+        .get(format!("{base}/api/v1/availability"))
+        .query(&availability_query(&sites, &mut StdRng::seed_from_u64(7)))
+        .send()
+        .await?
+        .json()
+        .await?;
+    if probe["items"].as_array().is_none_or(|a| a.is_empty()) {
+        bail!("availability of a large site returned no desks: {probe}");
+    }
+
+    let desk_ids: Arc<Vec<String>> = Arc::new(sites.iter().flat_map(|s| s.desks.clone()).collect());
+    let slots = Arc::new(Slots {
+        sites: sites.clone(),
+        next: AtomicU64::new(0),
+    });
+
+    if settings.analyze {
+        analyze(&state).await?;
+    }
+    // Writes first, so availability then probes a bookings table that holds real rows.
+    let insert = measure("c. raw INSERT", &raw_insert(&state), settings).await;
+    let create = measure(
+        "d. POST /api/v1/bookings",
+        &create_booking(client.clone(), base.clone(), tokens, slots),
+        settings,
+    )
+    .await;
+    eprintln!("waiting for the outbox mailer to send the booking mail");
+    let drain = drain_mail(&state, DRAIN_LIMIT).await?;
+    if settings.analyze {
+        analyze(&state).await?;
+    }
+    let select = measure("a. raw SELECT", &raw_select(&state, desk_ids), settings).await;
+    let availability = measure(
+        "b. GET /api/v1/availability",
+        &availability(client.clone(), base.clone(), sites.clone()),
+        settings,
+    )
+    .await;
+
+    let stored_bookings = state
+        .db
+        .run(|c| {
+            bookings::table
+                .count()
+                .get_result::<i64>(c)
+                .map_err(DbError::from)
+        })
+        .await?;
+    Ok(Report {
+        select,
+        availability,
+        insert,
+        create,
+        stored_bookings,
+        drain,
+    })
+}
+
+fn print_report(report: &Report, settings: &Settings, sites: &[Site]) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let desks: usize = sites.iter().map(|s| s.desks.len()).sum();
+    println!();
+    println!(
+        "spazi load bench: PostgreSQL {}, {} s per scenario after {} s warm-up, {} clients, {} CPUs",
+        postgres_version(),
+        settings.secs,
+        WARM_UP.as_secs(),
+        settings.concurrency,
+        cpus
+    );
+    println!(
+        "{} large sites, {} desks; run order c, d, a, b; {}",
+        sites.len(),
+        desks,
+        if settings.analyze {
+            "ANALYZE after setup and before a"
+        } else {
+            "no ANALYZE (SPAZI_BENCH_ANALYZE=0)"
+        }
+    );
+    println!();
+    println!("| scenario | ok requests | req/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let rows = [
+        ("a. raw SELECT by primary key (pool)", &report.select),
+        ("b. GET /api/v1/availability", &report.availability),
+        ("c. raw INSERT transaction (pool)", &report.insert),
+        ("d. POST /api/v1/bookings", &report.create),
+    ];
+    for (name, o) in rows {
+        println!(
+            "| {name} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            o.latencies.len(),
+            o.rate(),
+            o.percentile_ms(50.0),
+            o.percentile_ms(99.0),
+            o.error_count()
+        );
+    }
+    println!();
+    let b_over_a = report.availability.rate() / report.select.rate();
+    let d_over_c = report.create.rate() / report.insert.rate();
+    let b_p99 = report.availability.percentile_ms(99.0);
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "b/a = {b_over_a:.2} (target >= 0.50: {}); b p99 = {b_p99:.2} ms (target < 10 ms: {})",
+        verdict(b_over_a >= 0.5),
+        verdict(b_p99 < 10.0)
+    );
+    println!(
+        "d/c = {d_over_c:.2} (target >= 0.50: {})",
+        verdict(d_over_c >= 0.5)
+    );
+    println!(
+        "bookings stored: {} (201s measured: {}, the rest from warm-up)",
+        report.stored_bookings,
+        report.create.latencies.len()
+    );
+    let drain = &report.drain;
+    println!(
+        "outbox after d: {} booking mails unsent; the mailer took {:.1} s to send them ({} left) before a and b",
+        drain.backlog,
+        drain.took.as_secs_f64(),
+        drain.left
+    );
+    println!();
+    println!("CPU per successful request (us), and how busy the machine was:");
+    println!();
+    println!("| scenario | load generator | service threads | db threads | postgres | machine busy | other processes | steal |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, o) in rows {
+        let per = |ticks: u64| ticks as f64 / TICKS_PER_SEC * 1e6 / o.latencies.len().max(1) as f64;
+        let share = |ticks: u64| 100.0 * ticks as f64 / o.cpu.machine_total.max(1) as f64;
+        // Whatever else ran on the shared machine meanwhile (builds, other tenants).
+        let ours = o.cpu.load + o.cpu.service + o.cpu.db + o.cpu.postgres;
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0}% | {:.1}% |",
+            per(o.cpu.load),
+            per(o.cpu.service),
+            per(o.cpu.db),
+            per(o.cpu.postgres),
+            share(o.cpu.machine_busy),
+            share(o.cpu.machine_busy.saturating_sub(ours)),
+            share(o.cpu.steal)
+        );
+    }
+    println!();
+    for (name, o) in rows {
+        for (e, n) in &o.errors {
+            println!("error in {name}: {n} x {e}");
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // Cargo passes `--bench` and maybe a filter; this harness has nothing to filter, so it ignores them.
+    let settings = Settings {
+        secs: env_number("SPAZI_BENCH_SECS", 10)?,
+        concurrency: env_number("SPAZI_BENCH_CONCURRENCY", 32)? as usize,
+        analyze: std::env::var("SPAZI_BENCH_ANALYZE").map_or(true, |v| v.trim() != "0"),
+    };
+    let database = BenchDatabase::create()?;
+    let mail_dir = tempfile::tempdir()?;
+    let config = Config {
+        database_url: database.url(),
+        listen: "127.0.0.1:0".into(),
+        mqtt: MqttConfig::External {
+            host: "127.0.0.1".into(),
+            port: 1883,
+        },
+        mail_url: format!("file://{}", mail_dir.path().display()),
+        mail_from: "Spazi per l'Italia <prenotazioni@spazi.example>".into(),
+        public_url: "http://spazi.bench".into(),
+        jwt_secret: b"bench-secret-bench-secret-bench-secret".to_vec(),
+        mail_poll_secs: 1,
+    };
+    eprintln!("starting the service on database {}", database.name);
+    let service = start_service(config)?;
+    let sites = Arc::new(large_sites(&service.state)?);
+
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("load")
+        .enable_all()
+        .build()?;
+    let report = load.block_on(run_scenarios(&service, sites.clone(), &settings));
+    load.shutdown_timeout(Duration::from_secs(5));
+
+    let _ = service.stop.send(());
+    let _ = service.thread.join();
+    drop(service.state);
+    let report = report?;
+    print_report(&report, &settings, &sites);
+    drop(database);
+    Ok(())
+}
