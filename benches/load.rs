@@ -24,7 +24,7 @@ use spazi::api::state::AppState;
 use spazi::cli::{create_account, NewAccount};
 use spazi::config::{Config, MqttConfig};
 use spazi::db::models::{OutboxRow, Resource};
-use spazi::db::network::{site_resources, SiteEntry};
+use spazi::db::network::SiteEntry;
 use spazi::db::schema::{bookings, outbox, resources};
 use spazi::db::{naive, write_transaction, DbConnection, DbError};
 use spazi::domain::policy::{check_booking, BookingContext};
@@ -202,12 +202,11 @@ fn large_sites(state: &AppState) -> anyhow::Result<Vec<Site>> {
     let dir = state.directory();
     let mut sites = Vec::new();
     for entry in dir.sites.iter().filter(|e| e.site.size == "large") {
-        let id = entry.site.id.clone();
-        let desks: Vec<String> = state
-            .db
-            .run_blocking(|c| site_resources(c, &id, Some("desk")))?
-            .into_iter()
-            .map(|(r, _)| r.id)
+        let desks: Vec<String> = entry
+            .resources
+            .iter()
+            .filter(|r| r.kind == spazi::domain::ResourceKind::Desk)
+            .map(|r| r.resource.id.clone())
             .collect();
         let today = Utc::now().with_timezone(&entry.tz).date_naive();
         let days: Vec<NaiveDate> = (FIRST_DAY..=LAST_DAY)

@@ -274,6 +274,8 @@ impl FromRequest for Auth {
             Ok(Auth {
                 caller: Caller {
                     user_id: user.id,
+                    name: user.name,
+                    email: user.email,
                     role,
                     organization_id: user.organization_id,
                     managed_sites,

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::extract::{Errors, Query};
 use super::state::AppState;
 use super::views::{offset_cursor, Page, ResourceView};
-use crate::db::network::{self, SiteEntry};
+use crate::db::network::SiteEntry;
 use crate::db::{bookings, naive};
 use crate::domain::geo::distance_km;
 use crate::domain::holidays::national_holidays;
@@ -252,17 +252,17 @@ pub async fn resources(
         .take(offset_cursor::decode(q.str("cursor")))
         .unwrap_or(0);
     errors.finish()?;
-    let site_id = e.site.id.clone();
-    let rows = state
-        .db
-        .run(move |c| network::site_resources(c, &site_id, kind.map(|k| k.as_str())))
-        .await?;
-    let total = rows.len();
-    let items: Vec<ResourceView> = rows
+    let matching: Vec<_> = e
+        .resources
+        .iter()
+        .filter(|r| kind.is_none_or(|k| r.kind == k))
+        .collect();
+    let total = matching.len();
+    let items: Vec<ResourceView> = matching
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|(r, z)| ResourceView::new(r, z))
+        .map(|r| ResourceView::new(r))
         .collect();
     let next = (offset + items.len() < total).then(|| offset_cursor::encode(offset + items.len()));
     Ok(HttpResponse::Ok().json(Page {
@@ -369,32 +369,33 @@ pub async fn availability(
         .into_iter()
         .partition(|e| e.hours.covers(&range, e.tz, |d| e.closure(d).is_some()));
     let open_ids: Vec<String> = open.iter().map(|e| e.site.id.clone()).collect();
-    let rows = if open_ids.is_empty() {
-        Vec::new()
+    let busy: std::collections::HashSet<String> = if open_ids.is_empty() {
+        Default::default()
     } else {
         let (f, t) = (naive(range.start()), naive(range.end()));
-        let fetch = limit.saturating_add(offset as i64).saturating_add(1);
         state
             .db
-            .run(move |c| bookings::available(c, &open_ids, kind.as_str(), f, t, fetch))
+            .run(move |c| bookings::busy_resources(c, &open_ids, f, t))
             .await?
+            .into_iter()
+            .collect()
     };
-    let more = rows.len() as i64 > limit.saturating_add(offset as i64);
-    let items: Vec<AvailableResource> = rows
-        .into_iter()
+    let mut free = open.iter().flat_map(|e| {
+        e.resources
+            .iter()
+            .filter(|r| r.kind == kind && !busy.contains(&r.resource.id))
+            .map(move |r| (e, r))
+    });
+    let items: Vec<AvailableResource> = free
+        .by_ref()
         .skip(offset)
         .take(limit as usize)
-        .map(|(r, z)| {
-            let site_name = dir
-                .get(&r.site_id)
-                .map(|e| e.site.name.clone())
-                .unwrap_or_default();
-            AvailableResource {
-                resource: ResourceView::new(r, z),
-                site_name,
-            }
+        .map(|(e, r)| AvailableResource {
+            resource: ResourceView::new(r),
+            site_name: e.site.name.clone(),
         })
         .collect();
+    let more = free.next().is_some();
     let next_cursor = more.then(|| offset_cursor::encode(offset + items.len()));
     Ok(HttpResponse::Ok().json(Availability {
         items,

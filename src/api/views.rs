@@ -5,8 +5,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::models::{Resource, Zone};
-use crate::db::network::SiteEntry;
+use crate::db::network::{ResourceEntry, SiteEntry};
 use crate::domain::ResourceKind;
 
 /// `{items, next_cursor}`: every list in the API.
@@ -44,19 +43,20 @@ pub struct ResourceView {
 }
 
 impl ResourceView {
-    pub fn new(r: Resource, z: Zone) -> Self {
+    pub fn new(e: &ResourceEntry) -> Self {
+        let (r, z) = (&e.resource, &e.zone);
         ResourceView {
-            kind: r.kind.parse().unwrap_or(ResourceKind::Desk),
-            amenities: serde_json::from_str(&r.amenities).unwrap_or_default(),
-            id: r.id,
-            site_id: r.site_id,
-            name: r.name,
+            id: r.id.clone(),
+            site_id: r.site_id.clone(),
+            kind: e.kind,
+            name: r.name.clone(),
             capacity: r.capacity,
             zone: ZoneRef {
-                id: z.id,
-                name: z.name,
+                id: z.id.clone(),
+                name: z.name.clone(),
                 floor: z.floor,
             },
+            amenities: e.amenities.clone(),
         }
     }
 }

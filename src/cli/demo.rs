@@ -134,7 +134,7 @@ fn populate(db: &Db, config: &Config) -> anyhow::Result<Vec<String>> {
                     },
                 )?;
             }
-            book_demo_week(db, config, &org)?;
+            book_demo_week(db, config)?;
             org.id
         }
     };
@@ -152,7 +152,7 @@ fn populate(db: &Db, config: &Config) -> anyhow::Result<Vec<String>> {
 }
 
 /// A realistic week: desks, rooms and an EV bay at a few sites, on the next working days.
-fn book_demo_week(db: &Db, config: &Config, org: &Organization) -> anyhow::Result<()> {
+fn book_demo_week(db: &Db, config: &Config) -> anyhow::Result<()> {
     let dir = db.run_blocking(Directory::load)?;
     let plan: &[(usize, &str, &str, u32, u32, u32)] = &[
         // (user, resource, site, day offset, from hour, to hour)
@@ -199,16 +199,13 @@ fn book_demo_week(db: &Db, config: &Config, org: &Organization) -> anyhow::Resul
         let user = db
             .run_blocking(|c| users::by_email(c, USERS[*who].email))?
             .context("demo user missing")?;
-        let (resource, _) = match db.run_blocking(|c| crate::db::network::resource(c, resource_id))
-        {
-            Ok(r) => r,
-            Err(_) => continue,
+        let Some(resource) = dir.resource(resource_id).map(|r| r.resource.clone()) else {
+            continue;
         };
         let charge = user.organization_id.as_ref().map(|o| AllowanceCharge {
             organization_id: o.clone(),
             month: policy::allowance_month(&range, site.tz),
             minutes: policy::charged_minutes(&range),
-            limit: org.monthly_allowance_minutes,
         });
         let now = naive(Utc::now());
         let booking = Booking {

@@ -2,13 +2,13 @@
 //! ([`write_transaction`]); overlaps are refused by the database itself.
 
 use chrono::NaiveDateTime;
-use diesel::dsl::{exists, not};
 use diesel::prelude::*;
 
-use super::models::{Booking, OutboxRow, Resource, Zone};
+use super::models::{Booking, OutboxRow};
 use super::network::on_backend;
-use super::schema::{allowance_usage, bookings, outbox, resources, zones};
+use super::schema::{allowance_usage, bookings, organizations, outbox};
 use super::{write_transaction, DbConnection, DbError};
+use crate::domain::policy::MAX_LENGTH;
 use crate::domain::BookingStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,6 @@ pub struct AllowanceCharge {
     pub organization_id: String,
     pub month: String,
     pub minutes: i32,
-    pub limit: i32,
 }
 
 /// Stores a booking, charges the allowance and queues its email, all or nothing.
@@ -85,9 +84,13 @@ fn consume_allowance(
             .on_conflict_do_nothing()
             .execute(c)?
     });
+    let limit: i32 = organizations::table
+        .find(&charge.organization_id)
+        .select(organizations::monthly_allowance_minutes)
+        .first(conn)?;
     let row = allowance_usage::table.find((&charge.organization_id, &charge.month));
     let updated = diesel::update(row)
-        .filter(allowance_usage::used_minutes.le(charge.limit - charge.minutes))
+        .filter(allowance_usage::used_minutes.le(limit - charge.minutes))
         .set(allowance_usage::used_minutes.eq(allowance_usage::used_minutes + charge.minutes))
         .execute(conn)?;
     if updated == 0 {
@@ -96,10 +99,7 @@ fn consume_allowance(
             .first(conn)
             .optional()?
             .unwrap_or(0);
-        return Err(BookingWriteError::AllowanceExceeded {
-            limit: charge.limit,
-            used,
-        });
+        return Err(BookingWriteError::AllowanceExceeded { limit, used });
     }
     Ok(())
 }
@@ -209,18 +209,10 @@ pub fn complete_ended(conn: &mut DbConnection, now: NaiveDateTime) -> Result<usi
     .execute(conn)?)
 }
 
-/// A booking with what is shown beside it.
-pub type BookingView = (Booking, Resource, Zone);
-
-pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<BookingView>, DbError> {
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<Booking>, DbError> {
     Ok(bookings::table
-        .inner_join(resources::table.inner_join(zones::table))
-        .filter(bookings::id.eq(id))
-        .select((
-            Booking::as_select(),
-            Resource::as_select(),
-            Zone::as_select(),
-        ))
+        .find(id)
+        .select(Booking::as_select())
         .first(conn)
         .optional()?)
 }
@@ -240,14 +232,9 @@ pub struct BookingFilter {
     pub limit: i64,
 }
 
-pub fn list(conn: &mut DbConnection, f: &BookingFilter) -> Result<Vec<BookingView>, DbError> {
+pub fn list(conn: &mut DbConnection, f: &BookingFilter) -> Result<Vec<Booking>, DbError> {
     let mut q = bookings::table
-        .inner_join(resources::table.inner_join(zones::table))
-        .select((
-            Booking::as_select(),
-            Resource::as_select(),
-            Zone::as_select(),
-        ))
+        .select(Booking::as_select())
         .order((bookings::starts_at, bookings::id))
         .limit(f.limit)
         .into_boxed();
@@ -279,28 +266,23 @@ pub fn list(conn: &mut DbConnection, f: &BookingFilter) -> Result<Vec<BookingVie
     Ok(q.load(conn)?)
 }
 
-/// Resources of `kind` at `site_ids` with no active booking overlapping `[from, to)`.
-pub fn available(
+/// Ids of the resources at `site_ids` held by an active booking overlapping `[from, to)`.
+///
+/// No booking is longer than [`MAX_LENGTH`], so only bookings starting in
+/// `(from - MAX_LENGTH, to)` can overlap: a short range scan of `(site_id, starts_at)`.
+pub fn busy_resources(
     conn: &mut DbConnection,
     site_ids: &[String],
-    kind: &str,
     from: NaiveDateTime,
     to: NaiveDateTime,
-    limit: i64,
-) -> Result<Vec<(Resource, Zone)>, DbError> {
-    let busy = bookings::table
-        .filter(bookings::resource_id.eq(resources::id))
-        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+) -> Result<Vec<String>, DbError> {
+    Ok(bookings::table
+        .filter(bookings::site_id.eq_any(site_ids))
         .filter(bookings::starts_at.lt(to))
-        .filter(bookings::ends_at.gt(from));
-    Ok(resources::table
-        .inner_join(zones::table)
-        .filter(resources::site_id.eq_any(site_ids))
-        .filter(resources::kind.eq(kind))
-        .filter(not(exists(busy)))
-        .select((Resource::as_select(), Zone::as_select()))
-        .order((resources::site_id, resources::id))
-        .limit(limit)
+        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
+        .filter(bookings::ends_at.gt(from))
+        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+        .select(bookings::resource_id)
         .load(conn)?)
 }
 
@@ -319,4 +301,17 @@ pub fn conflicts(
         .select((bookings::id, bookings::starts_at, bookings::ends_at))
         .order(bookings::starts_at)
         .load(conn)?)
+}
+
+/// An organization's monthly limit and the minutes of `month` already used.
+pub fn allowance_status(
+    conn: &mut DbConnection,
+    organization_id: &str,
+    month: &str,
+) -> Result<(i32, i32), DbError> {
+    let limit: i32 = organizations::table
+        .find(organization_id)
+        .select(organizations::monthly_allowance_minutes)
+        .first(conn)?;
+    Ok((limit, allowance_used(conn, organization_id, month)?))
 }

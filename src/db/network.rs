@@ -13,6 +13,7 @@ use super::{write_transaction, DbConnection, DbError, DbResult};
 use crate::domain::holidays::national_holiday;
 use crate::domain::network::SiteSpec;
 use crate::domain::opening_hours::{WeeklyHours, WeeklyHoursJson};
+use crate::domain::ResourceKind;
 
 /// Runs the same diesel expression on whichever backend the connection is.
 macro_rules! on_backend {
@@ -32,6 +33,12 @@ pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<usize> {
     for spec in network.iter().filter(|s| !existing.contains(&s.id)) {
         write_transaction(conn, |conn| insert_site(conn, spec))?;
         added += 1;
+    }
+    if added > 0 {
+        // Fresh statistics, so the planner uses the right indexes from the first request.
+        if let DbConnection::Postgresql(c) = conn {
+            diesel::sql_query("ANALYZE").execute(c)?;
+        }
     }
     Ok(added)
 }
@@ -112,6 +119,15 @@ fn insert_site(conn: &mut DbConnection, spec: &SiteSpec) -> DbResult<()> {
     Ok(())
 }
 
+/// A resource with its zone, as every request reads it.
+#[derive(Debug, Clone)]
+pub struct ResourceEntry {
+    pub resource: Resource,
+    pub zone: Zone,
+    pub kind: ResourceKind,
+    pub amenities: Vec<String>,
+}
+
 /// A site with what is read on every request already parsed.
 #[derive(Debug, Clone)]
 pub struct SiteEntry {
@@ -120,6 +136,8 @@ pub struct SiteEntry {
     pub hours: WeeklyHours,
     pub closures: BTreeMap<NaiveDate, String>,
     pub resource_counts: BTreeMap<String, i64>,
+    /// Ordered by id.
+    pub resources: Vec<Arc<ResourceEntry>>,
 }
 
 impl SiteEntry {
@@ -129,16 +147,22 @@ impl SiteEntry {
     }
 }
 
-/// The whole network in memory: 250 sites are a few hundred kilobytes, and they rarely change.
+/// The whole network in memory: 250 sites and their ~20,000 resources are a few megabytes, and
+/// they rarely change, so reads of the network never wait on the database.
 #[derive(Debug, Default)]
 pub struct Directory {
     pub sites: Vec<Arc<SiteEntry>>,
     by_id: HashMap<String, Arc<SiteEntry>>,
+    resources: HashMap<String, Arc<ResourceEntry>>,
 }
 
 impl Directory {
     pub fn get(&self, id: &str) -> Option<&Arc<SiteEntry>> {
         self.by_id.get(id)
+    }
+
+    pub fn resource(&self, id: &str) -> Option<&Arc<ResourceEntry>> {
+        self.resources.get(id)
     }
 
     pub fn load(conn: &mut DbConnection) -> DbResult<Directory> {
@@ -149,13 +173,10 @@ impl Directory {
         let closures: Vec<SiteClosure> = site_closures::table
             .select(SiteClosure::as_select())
             .load(conn)?;
-        let counts: Vec<(String, String, i64)> = resources::table
-            .group_by((resources::site_id, resources::kind))
-            .select((
-                resources::site_id,
-                resources::kind,
-                diesel::dsl::count_star(),
-            ))
+        let rows_resources: Vec<(Resource, Zone)> = resources::table
+            .inner_join(zones::table)
+            .select((Resource::as_select(), Zone::as_select()))
+            .order(resources::id)
             .load(conn)?;
         let mut closures_by_site: HashMap<String, BTreeMap<NaiveDate, String>> = HashMap::new();
         for c in closures {
@@ -166,11 +187,28 @@ impl Directory {
                     .insert(day, c.reason);
             }
         }
-        let mut counts_by_site: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
-        for (site, kind, n) in counts {
-            counts_by_site.entry(site).or_default().insert(kind, n);
+        let mut resources_by_site: HashMap<String, Vec<Arc<ResourceEntry>>> = HashMap::new();
+        let mut by_resource = HashMap::with_capacity(rows_resources.len());
+        for (resource, zone) in rows_resources {
+            let kind: ResourceKind = resource.kind.parse().map_err(|_| {
+                DbError::Unavailable(format!("resource {} has an unknown kind", resource.id))
+            })?;
+            let entry = Arc::new(ResourceEntry {
+                amenities: serde_json::from_str(&resource.amenities).unwrap_or_default(),
+                kind,
+                resource,
+                zone,
+            });
+            by_resource.insert(entry.resource.id.clone(), entry.clone());
+            resources_by_site
+                .entry(entry.resource.site_id.clone())
+                .or_default()
+                .push(entry);
         }
-        let mut dir = Directory::default();
+        let mut dir = Directory {
+            resources: by_resource,
+            ..Default::default()
+        };
         for site in rows {
             let tz: Tz = site.timezone.parse().map_err(|_| {
                 DbError::Unavailable(format!("site {} has an unknown timezone", site.id))
@@ -179,9 +217,17 @@ impl Directory {
                 .map_err(|e| DbError::Unavailable(format!("site {} hours: {e}", site.id)))?;
             let hours = WeeklyHours::from_json(&json)
                 .map_err(|e| DbError::Unavailable(format!("site {} hours: {e}", site.id)))?;
+            let resources = resources_by_site.remove(&site.id).unwrap_or_default();
+            let mut resource_counts = BTreeMap::new();
+            for r in &resources {
+                *resource_counts
+                    .entry(r.kind.as_str().to_string())
+                    .or_insert(0) += 1;
+            }
             let entry = Arc::new(SiteEntry {
                 closures: closures_by_site.remove(&site.id).unwrap_or_default(),
-                resource_counts: counts_by_site.remove(&site.id).unwrap_or_default(),
+                resource_counts,
+                resources,
                 tz,
                 hours,
                 site,
@@ -191,29 +237,4 @@ impl Directory {
         }
         Ok(dir)
     }
-}
-
-pub fn site_resources(
-    conn: &mut DbConnection,
-    site_id: &str,
-    kind: Option<&str>,
-) -> DbResult<Vec<(Resource, Zone)>> {
-    let mut q = resources::table
-        .inner_join(zones::table)
-        .filter(resources::site_id.eq(site_id))
-        .select((Resource::as_select(), Zone::as_select()))
-        .order(resources::id)
-        .into_boxed();
-    if let Some(kind) = kind {
-        q = q.filter(resources::kind.eq(kind.to_string()));
-    }
-    Ok(q.load(conn)?)
-}
-
-pub fn resource(conn: &mut DbConnection, id: &str) -> DbResult<(Resource, Zone)> {
-    Ok(resources::table
-        .inner_join(zones::table)
-        .filter(resources::id.eq(id))
-        .select((Resource::as_select(), Zone::as_select()))
-        .first(conn)?)
 }

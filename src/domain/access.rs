@@ -4,6 +4,8 @@ use super::Role;
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user_id: String,
+    pub name: String,
+    pub email: String,
     pub role: Role,
     pub organization_id: Option<String>,
     /// Sites a site manager is responsible for; empty for every other role.
@@ -59,6 +61,8 @@ mod tests {
     fn caller(role: Role, org: Option<&str>, sites: &[&str]) -> Caller {
         Caller {
             user_id: "u-caller".into(),
+            name: "Caller".into(),
+            email: "caller@example.it".into(),
             role,
             organization_id: org.map(String::from),
             managed_sites: sites.iter().map(|s| s.to_string()).collect(),

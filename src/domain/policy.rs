@@ -28,6 +28,9 @@ pub fn kind_policy(kind: ResourceKind) -> KindPolicy {
     }
 }
 
+/// No booking of any kind is longer than this; storage relies on it to bound overlap searches.
+pub const MAX_LENGTH: Duration = Duration::hours(24);
+
 /// How far in the past a start may lie and still count as "now" (clock skew, a walk-in booking).
 pub const START_TOLERANCE: Duration = Duration::minutes(5);
 
@@ -151,6 +154,13 @@ mod tests {
 
     fn range(a: &str, b: &str) -> TimeRange {
         TimeRange::parse(a, b, "starts_at", "ends_at").unwrap()
+    }
+
+    #[test]
+    fn every_kind_fits_the_longest_booking() {
+        for kind in ResourceKind::ALL {
+            assert!(kind_policy(*kind).max_length <= MAX_LENGTH, "{kind}");
+        }
     }
 
     #[test]

@@ -13,13 +13,13 @@ use crate::api::extract::{Auth, Errors, Json};
 use crate::api::idempotency::{self, Created};
 use crate::api::state::AppState;
 use crate::api::views::{local_text, utc_text};
-use crate::db::bookings::{self as store, AllowanceCharge};
-use crate::db::models::{Booking, Organization, Resource, User, Zone};
-use crate::db::network::{self, SiteEntry};
-use crate::db::{naive, users, utc, DbError};
+use crate::db::bookings::{self as store, AllowanceCharge, BookingWriteError};
+use crate::db::models::Booking;
+use crate::db::network::{ResourceEntry, SiteEntry};
+use crate::db::{naive, utc};
 use crate::domain::access::Caller;
 use crate::domain::policy::{self, BookingContext};
-use crate::domain::{BookingStatus, FieldError, ResourceKind, TimeRange};
+use crate::domain::{BookingStatus, FieldError, TimeRange};
 use crate::email::compose::{self, BookingEvent};
 
 #[derive(Deserialize, ToSchema)]
@@ -32,26 +32,29 @@ pub struct BookingRequest {
     pub note: Option<String>,
 }
 
+/// What is being booked, once the resource is known.
+#[derive(Clone)]
+struct Target {
+    resource: Arc<ResourceEntry>,
+    site: Arc<SiteEntry>,
+}
+
 /// A request that passed every check that needs no lock.
 struct Checked {
+    target: Target,
     range: TimeRange,
     attendees: i32,
     note: Option<String>,
-    resource: Resource,
-    zone: Zone,
-    site: Arc<SiteEntry>,
-    user: User,
     charge: Option<AllowanceCharge>,
-    allowance_used: Option<i32>,
 }
 
-/// Parses and checks a booking request against the resource, the site and the policy.
-/// Errors that do not depend on the caller are all reported together.
-async fn check(
+/// Parses a booking request and checks it against the resource, the site and the policy, from
+/// the in-memory directory alone. Every problem is reported, each naming its field.
+fn check(
     state: &AppState,
     caller: &Caller,
     req: BookingRequest,
-) -> Result<Result<Checked, Vec<FieldError>>, ApiError> {
+) -> (Option<Target>, Result<Checked, Vec<FieldError>>) {
     let mut errors = Errors::default();
     let range = errors.take_all(TimeRange::parse(
         &req.starts_at,
@@ -59,104 +62,63 @@ async fn check(
         "starts_at",
         "ends_at",
     ));
-    if req.resource_id.trim().is_empty() {
-        errors.push(FieldError::new("resource_id", "is required"));
-    }
     if req.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
         errors.push(FieldError::new("note", "must be at most 1000 characters"));
     }
-    let (resource_id, user_id, org_id) = (
-        req.resource_id.clone(),
-        caller.user_id.clone(),
-        caller.organization_id.clone(),
-    );
-    let lookup = state
-        .db
-        .run(move |c| {
-            let resource = network::resource(c, &resource_id)
-                .map(Some)
-                .or_else(|e| match e {
-                    DbError::NotFound => Ok(None),
-                    other => Err(other),
-                })?;
-            let user = users::by_id(c, &user_id)?.ok_or(DbError::NotFound)?;
-            let org: Option<Organization> = match &org_id {
-                Some(o) => users::organization(c, o)?,
-                None => None,
-            };
-            Ok::<_, DbError>((resource, user, org))
+    let dir = state.directory();
+    let target = dir.resource(req.resource_id.trim()).and_then(|r| {
+        dir.get(&r.resource.site_id).map(|site| Target {
+            resource: r.clone(),
+            site: site.clone(),
         })
-        .await?;
-    let (resource, user, org) = lookup;
-    let Some((resource, zone)) = resource else {
-        errors.push(FieldError::new("resource_id", "no such resource"));
-        return Ok(Err(errors.into_vec()));
+    });
+    let Some(target) = target else {
+        let message = if req.resource_id.trim().is_empty() {
+            "is required"
+        } else {
+            "no such resource"
+        };
+        errors.push(FieldError::new("resource_id", message));
+        return (None, Err(errors.into_vec()));
     };
-    let site = super::site_of(state, &resource.site_id)?;
     let Some(range) = range else {
-        return Ok(Err(errors.into_vec()));
+        return (Some(target), Err(errors.into_vec()));
     };
-    let kind: ResourceKind = resource
-        .kind
-        .parse()
-        .map_err(|_| ApiError::Internal(format!("resource {} has an unknown kind", resource.id)))?;
     let attendees = req.attendees.unwrap_or(1);
+    let site = target.site.clone();
     let closed = |d| site.closure(d).is_some();
     let ctx = BookingContext {
-        kind,
-        capacity: resource.capacity,
+        kind: target.resource.kind,
+        capacity: target.resource.resource.capacity,
         hours: &site.hours,
         timezone: site.tz,
         closed: &closed,
         now: now(),
     };
     errors.extend(policy::check_booking(&ctx, &range, attendees));
-    let minutes = policy::charged_minutes(&range);
-    let month = policy::allowance_month(&range, site.tz);
-    let (charge, allowance_used) = match org {
-        Some(o) => {
-            let (oid, m) = (o.id.clone(), month.clone());
-            let used = state
-                .db
-                .run(move |c| store::allowance_used(c, &oid, &m))
-                .await?;
-            if used + minutes > o.monthly_allowance_minutes {
-                errors.push(FieldError::new(
-                    "ends_at",
-                    format!(
-                        "the organization's allowance for {month} would be exceeded: {used} of {} minutes used, this booking needs {minutes}",
-                        o.monthly_allowance_minutes
-                    ),
-                ));
-            }
-            let charge = AllowanceCharge {
-                organization_id: o.id,
-                month,
-                minutes,
-                limit: o.monthly_allowance_minutes,
-            };
-            (Some(charge), Some(used))
-        }
-        None => (None, None),
-    };
+    let charge = caller.organization_id.as_ref().map(|o| AllowanceCharge {
+        organization_id: o.clone(),
+        month: policy::allowance_month(&range, site.tz),
+        minutes: policy::charged_minutes(&range),
+    });
     let errors = errors.into_vec();
     if !errors.is_empty() {
-        return Ok(Err(errors));
+        return (Some(target), Err(errors));
     }
-    Ok(Ok(Checked {
-        range,
-        attendees,
-        note: req
-            .note
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty()),
-        resource,
-        zone,
-        site,
-        user,
-        charge,
-        allowance_used,
-    }))
+    let note = req
+        .note
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    (
+        Some(target.clone()),
+        Ok(Checked {
+            target,
+            range,
+            attendees,
+            note,
+            charge,
+        }),
+    )
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings", request_body = BookingRequest,
@@ -180,7 +142,7 @@ pub async fn create(
         &digest,
         || async move {
             let checked = check(&st, &caller, request)
-                .await?
+                .1
                 .map_err(ApiError::Validation)?;
             let booking = store_booking(&st, &caller, checked).await?;
             let location = booking_url(&st, &booking.id);
@@ -195,16 +157,18 @@ pub async fn create(
     .await
 }
 
+/// Stores the booking, its allowance charge and its confirmation mail in one transaction.
 async fn store_booking(
     state: &AppState,
     caller: &Caller,
     c: Checked,
 ) -> Result<BookingOut, ApiError> {
     let now = naive(now());
+    let Target { resource, site } = c.target;
     let booking = Booking {
         id: uuid::Uuid::now_v7().to_string(),
-        resource_id: c.resource.id.clone(),
-        site_id: c.resource.site_id.clone(),
+        resource_id: resource.resource.id.clone(),
+        site_id: site.site.id.clone(),
         user_id: caller.user_id.clone(),
         organization_id: caller.organization_id.clone(),
         starts_at: naive(c.range.start()),
@@ -226,33 +190,46 @@ async fn store_booking(
         &mail_context(
             state,
             &booking,
-            &c.resource.name,
-            &c.site,
-            (&c.user.name, &c.user.email),
+            &resource.resource.name,
+            &site,
+            (&caller.name, &caller.email),
             &url,
         ),
     );
     let row = queued("booking_confirmed", &mail)?;
-    let (b, charge) = (booking.clone(), c.charge.clone());
+    let (b, charge) = (booking.clone(), c.charge);
     let stored = state
         .db
         .run(move |conn| store::create(conn, &b, charge.as_ref(), &row))
         .await;
-    if let Err(crate::db::bookings::BookingWriteError::Overlap) = &stored {
-        state
-            .metrics
-            .events
-            .booking_conflicts
-            .fetch_add(1, Ordering::Relaxed);
+    match stored {
+        Err(BookingWriteError::Overlap) => {
+            state
+                .metrics
+                .events
+                .booking_conflicts
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(BookingWriteError::Overlap.into());
+        }
+        Err(BookingWriteError::AllowanceExceeded { limit, used }) => {
+            return Err(ApiError::field(
+                "ends_at",
+                format!(
+                    "the organization's allowance for {} would be exceeded: {used} of {limit} minutes used, this booking needs {}",
+                    booking.allowance_month.as_deref().unwrap_or_default(),
+                    booking.charged_minutes
+                ),
+            ));
+        }
+        other => other?,
     }
-    stored?;
     state
         .metrics
         .events
         .bookings_created
         .fetch_add(1, Ordering::Relaxed);
     state.mail_waker.notify_one();
-    Ok(booking_out((booking, c.resource, c.zone), &c.site))
+    Ok(booking_out(booking, &site, &resource))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -303,38 +280,59 @@ pub async fn quote(
     let request = body.0;
     let resource_id = request.resource_id.clone();
     let (start, end) = (request.starts_at.clone(), request.ends_at.clone());
-    let checked = check(&state, &auth.caller, request).await?;
-    let (range, errors, tz, allowance) = match &checked {
-        Ok(c) => (Some(c.range), Vec::new(), Some(c.site.tz), allowance_use(c)),
-        Err(errors) => {
-            if errors.iter().any(|e| e.field == "resource_id") {
-                return Err(ApiError::Validation(errors.clone()));
-            }
-            let range = TimeRange::parse(&start, &end, "starts_at", "ends_at").ok();
-            let site = {
-                let rid = resource_id.clone();
-                let found = state.db.run(move |c| network::resource(c, &rid)).await?;
-                super::site_of(&state, &found.0.site_id)?
+    let caller = auth.caller;
+    let (target, checked) = check(&state, &caller, request);
+    let Some(target) = target else {
+        return Err(ApiError::Validation(checked.err().unwrap_or_default()));
+    };
+    let tz = target.site.tz;
+    let range = TimeRange::parse(&start, &end, "starts_at", "ends_at").ok();
+    let mut errors = checked.as_ref().err().cloned().unwrap_or_default();
+    let (rid, org) = (
+        target.resource.resource.id.clone(),
+        caller.organization_id.clone(),
+    );
+    let month = range.map(|r| policy::allowance_month(&r, tz));
+    let (conflicts, allowance) = state
+        .db
+        .run(move |c| {
+            let conflicts = match range {
+                Some(r) => store::conflicts(c, &rid, naive(r.start()), naive(r.end()))?,
+                None => Vec::new(),
             };
-            (range, errors.clone(), Some(site.tz), None)
+            let allowance = match (org, month) {
+                (Some(o), Some(m)) => {
+                    Some((o.clone(), m.clone(), store::allowance_status(c, &o, &m)?))
+                }
+                _ => None,
+            };
+            Ok::<_, crate::db::DbError>((conflicts, allowance))
+        })
+        .await?;
+    let minutes = range.map(|r| policy::charged_minutes(&r)).unwrap_or(0);
+    let allowance = allowance.map(|(organization_id, month, (limit, used))| {
+        if used + minutes > limit {
+            errors.push(FieldError::new(
+                "ends_at",
+                format!("the organization's allowance for {month} would be exceeded: {used} of {limit} minutes used, this booking needs {minutes}"),
+            ));
         }
-    };
-    let conflicts = match range {
-        Some(r) => {
-            let rid = resource_id.clone();
-            state
-                .db
-                .run(move |c| store::conflicts(c, &rid, naive(r.start()), naive(r.end())))
-                .await?
-                .into_iter()
-                .map(|(_, s, e)| Conflict {
-                    starts_at: utc_text(utc(s)),
-                    ends_at: utc_text(utc(e)),
-                })
-                .collect()
+        AllowanceUse {
+            organization_id,
+            month,
+            limit_minutes: limit,
+            used_minutes: used,
+            this_booking_minutes: minutes,
+            remaining_after_minutes: limit - used - minutes,
         }
-        None => Vec::new(),
-    };
+    });
+    let conflicts: Vec<Conflict> = conflicts
+        .into_iter()
+        .map(|(_, s, e)| Conflict {
+            starts_at: utc_text(utc(s)),
+            ends_at: utc_text(utc(e)),
+        })
+        .collect();
     let outcome = if !errors.is_empty() {
         422
     } else if !conflicts.is_empty() {
@@ -348,25 +346,12 @@ pub async fn quote(
         resource_id,
         starts_at: range.map(|r| utc_text(r.start())),
         ends_at: range.map(|r| utc_text(r.end())),
-        starts_at_local: range.zip(tz).map(|(r, tz)| local_text(r.start(), tz)),
-        ends_at_local: range.zip(tz).map(|(r, tz)| local_text(r.end(), tz)),
-        timezone: tz.map(|t| t.name().to_string()),
+        starts_at_local: range.map(|r| local_text(r.start(), tz)),
+        ends_at_local: range.map(|r| local_text(r.end(), tz)),
+        timezone: Some(tz.name().to_string()),
         duration_minutes: range.map(|r| r.duration().num_minutes()),
         conflicts,
         errors,
         allowance,
     }))
-}
-
-fn allowance_use(c: &Checked) -> Option<AllowanceUse> {
-    let charge = c.charge.as_ref()?;
-    let used = c.allowance_used.unwrap_or(0);
-    Some(AllowanceUse {
-        organization_id: charge.organization_id.clone(),
-        month: charge.month.clone(),
-        limit_minutes: charge.limit,
-        used_minutes: used,
-        this_booking_minutes: charge.minutes,
-        remaining_after_minutes: charge.limit - used - charge.minutes,
-    })
 }

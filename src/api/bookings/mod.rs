@@ -13,9 +13,8 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::state::AppState;
 use super::views::{local_text, utc_text, ResourceView, SiteRef};
-use crate::db::bookings::BookingView;
 use crate::db::models::Booking;
-use crate::db::network::SiteEntry;
+use crate::db::network::{ResourceEntry, SiteEntry};
 use crate::db::utc;
 use crate::domain::access::BookingOwner;
 use crate::domain::BookingStatus;
@@ -46,8 +45,8 @@ pub struct BookingOut {
     pub cancelled_at: Option<String>,
 }
 
-pub fn booking_out(view: BookingView, site: &SiteEntry) -> BookingOut {
-    let (b, r, z) = view;
+/// The booking as clients see it; its resource and site come from the directory.
+pub fn booking_out(b: Booking, site: &SiteEntry, resource: &ResourceEntry) -> BookingOut {
     let tz = site.tz;
     BookingOut {
         status: b.status.parse().unwrap_or(BookingStatus::Confirmed),
@@ -56,7 +55,7 @@ pub fn booking_out(view: BookingView, site: &SiteEntry) -> BookingOut {
         starts_at_local: local_text(utc(b.starts_at), tz),
         ends_at_local: local_text(utc(b.ends_at), tz),
         timezone: tz.name().to_string(),
-        resource: ResourceView::new(r, z),
+        resource: ResourceView::new(resource),
         site: SiteRef::new(site),
         attendees: b.attendees,
         note: b.note,
@@ -71,20 +70,29 @@ pub fn booking_out(view: BookingView, site: &SiteEntry) -> BookingOut {
     }
 }
 
+/// The site and resource a stored booking refers to.
+pub fn place_of(
+    state: &AppState,
+    b: &Booking,
+) -> Result<(Arc<SiteEntry>, Arc<ResourceEntry>), ApiError> {
+    let dir = state.directory();
+    let site = dir.get(&b.site_id).cloned();
+    let resource = dir.resource(&b.resource_id).cloned();
+    match (site, resource) {
+        (Some(s), Some(r)) => Ok((s, r)),
+        _ => Err(ApiError::Internal(format!(
+            "booking {} refers to a place not in the directory",
+            b.id
+        ))),
+    }
+}
+
 pub fn owner(b: &Booking) -> BookingOwner<'_> {
     BookingOwner {
         user_id: &b.user_id,
         organization_id: b.organization_id.as_deref(),
         site_id: &b.site_id,
     }
-}
-
-pub fn site_of(state: &AppState, site_id: &str) -> Result<Arc<SiteEntry>, ApiError> {
-    state.directory().get(site_id).cloned().ok_or_else(|| {
-        ApiError::Internal(format!(
-            "site {site_id} of a booking is not in the directory"
-        ))
-    })
 }
 
 /// Everything a booking's mail or calendar file needs; strings are borrowed from the arguments.

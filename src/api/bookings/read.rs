@@ -3,12 +3,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use super::{booking_out, booking_url, mail_context, owner, site_of, BookingOut};
+use super::{booking_out, booking_url, mail_context, owner, place_of, BookingOut};
 use crate::api::error::ApiError;
 use crate::api::extract::{Auth, Errors, Query};
 use crate::api::state::AppState;
 use crate::api::views::Page;
-use crate::db::bookings::{self as store, BookingFilter, BookingView};
+use crate::db::bookings::{self as store, BookingFilter};
+use crate::db::models::Booking;
 use crate::db::naive;
 use crate::domain::access::Caller;
 use crate::domain::{BookingStatus, FieldError};
@@ -93,23 +94,22 @@ pub async fn list(
     let mut rows = state.db.run(move |c| store::list(c, &filter)).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last()
-            .map(|(b, _, _)| encode_cursor(b.starts_at, &b.id))
+        rows.last().map(|b| encode_cursor(b.starts_at, &b.id))
     } else {
         None
     };
     let items = rows
         .into_iter()
-        .map(|v| {
-            let site = site_of(&state, &v.0.site_id)?;
-            Ok(booking_out(v, &site))
+        .map(|b| {
+            let (site, resource) = place_of(&state, &b)?;
+            Ok(booking_out(b, &site, &resource))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
 /// The booking if the caller may see it; 404 otherwise, so ids reveal nothing.
-pub async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<BookingView, ApiError> {
+pub async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<Booking, ApiError> {
     if id.contains('\0') {
         return Err(ApiError::NotFound(format!(
             "no booking {id:?} that you can see"
@@ -118,7 +118,7 @@ pub async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<Book
     let bid = id.to_string();
     let found = state.db.run(move |c| store::find(c, &bid)).await?;
     match found {
-        Some(v) if caller.can_view_booking(owner(&v.0)) => Ok(v),
+        Some(b) if caller.can_view_booking(owner(&b)) => Ok(b),
         _ => Err(ApiError::NotFound(format!(
             "no booking {id:?} that you can see"
         ))),
@@ -133,9 +133,9 @@ pub async fn get(
     auth: Auth,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = visible(&state, &auth.caller, &path).await?;
-    let site = site_of(&state, &view.0.site_id)?;
-    Ok(HttpResponse::Ok().json(booking_out(view, &site)))
+    let b = visible(&state, &auth.caller, &path).await?;
+    let (site, resource) = place_of(&state, &b)?;
+    Ok(HttpResponse::Ok().json(booking_out(b, &site, &resource)))
 }
 
 #[utoipa::path(get, path = "/api/v1/bookings/{booking_id}/ics", tag = "bookings",
@@ -146,8 +146,8 @@ pub async fn ics(
     auth: Auth,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (b, r, _) = visible(&state, &auth.caller, &path).await?;
-    let site = site_of(&state, &b.site_id)?;
+    let b = visible(&state, &auth.caller, &path).await?;
+    let (site, r) = place_of(&state, &b)?;
     let member = super::member_of(&state, &b).await?;
     let url = booking_url(&state, &b.id);
     let cancelled = matches!(b.status.as_str(), "cancelled" | "released");
@@ -155,7 +155,7 @@ pub async fn ics(
         &mail_context(
             &state,
             &b,
-            &r.name,
+            &r.resource.name,
             &site,
             (&member.name, &member.email),
             &url,

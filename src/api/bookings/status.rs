@@ -2,7 +2,7 @@ use std::sync::atomic::Ordering;
 
 use actix_web::{web, HttpResponse};
 
-use super::{booking_out, booking_url, mail_context, now, owner, site_of, BookingOut};
+use super::{booking_out, booking_url, mail_context, now, owner, place_of, BookingOut};
 use crate::api::auth::queued;
 use crate::api::error::ApiError;
 use crate::api::extract::Auth;
@@ -22,13 +22,13 @@ pub async fn cancel(
     auth: Auth,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (b, r, z) = super::read::visible(&state, &auth.caller, &path).await?;
+    let b = super::read::visible(&state, &auth.caller, &path).await?;
     if !auth.caller.can_cancel_booking(owner(&b)) {
         return Err(ApiError::Forbidden(
             "you may not cancel this booking".into(),
         ));
     }
-    let site = site_of(&state, &b.site_id)?;
+    let (site, r) = place_of(&state, &b)?;
     let member = super::member_of(&state, &b).await?;
     let url = booking_url(&state, &b.id);
     // Only a confirmed booking can be cancelled, once, and that raises SEQUENCE by one.
@@ -39,7 +39,7 @@ pub async fn cancel(
         &mail_context(
             &state,
             &next,
-            &r.name,
+            &r.resource.name,
             &site,
             (&member.name, &member.email),
             &url,
@@ -57,7 +57,7 @@ pub async fn cancel(
         .bookings_cancelled
         .fetch_add(1, Ordering::Relaxed);
     state.mail_waker.notify_one();
-    Ok(HttpResponse::Ok().json(booking_out((updated, r, z), &site)))
+    Ok(HttpResponse::Ok().json(booking_out(updated, &site, &r)))
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{booking_id}/check-in", tag = "bookings",
@@ -69,7 +69,7 @@ pub async fn check_in(
     auth: Auth,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (b, r, z) = super::read::visible(&state, &auth.caller, &path).await?;
+    let b = super::read::visible(&state, &auth.caller, &path).await?;
     if !auth.caller.can_check_in(owner(&b)) {
         return Err(ApiError::Forbidden(
             "only the member or the site's staff may check in".into(),
@@ -92,6 +92,6 @@ pub async fn check_in(
         .db
         .run(move |c| store::check_in(c, &id, naive(at)))
         .await?;
-    let site = site_of(&state, &updated.site_id)?;
-    Ok(HttpResponse::Ok().json(booking_out((updated, r, z), &site)))
+    let (site, r) = place_of(&state, &updated)?;
+    Ok(HttpResponse::Ok().json(booking_out(updated, &site, &r)))
 }
