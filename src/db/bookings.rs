@@ -297,6 +297,7 @@ pub fn conflicts(
         .filter(bookings::resource_id.eq(resource_id))
         .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
         .filter(bookings::starts_at.lt(to))
+        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
         .filter(bookings::ends_at.gt(from))
         .select((bookings::id, bookings::starts_at, bookings::ends_at))
         .order(bookings::starts_at)

@@ -8,8 +8,8 @@ use super::schema::outbox;
 use super::{write_transaction, DbConnection, DbError};
 
 /// How long a claimed row stays invisible to other senders before it may be retried: longer than
-/// one send can take (the SMTP client times out at 10 s), short enough that a crash mid-send
-/// delays the mail by well under a minute.
+/// a batch takes (its sends run side by side and the SMTP client times out at 10 s), short enough
+/// that a crash mid-send delays the mail by well under a minute.
 pub const CLAIM_LEASE: Duration = Duration::seconds(30);
 
 /// Claims up to `limit` rows that are due, pushing their `available_at` past the lease so no
@@ -45,8 +45,12 @@ pub fn claim(
     })
 }
 
-pub fn mark_sent(conn: &mut DbConnection, id: &str, now: NaiveDateTime) -> Result<(), DbError> {
-    diesel::update(outbox::table.find(id))
+pub fn mark_sent(
+    conn: &mut DbConnection,
+    ids: &[String],
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
         .set((
             outbox::sent_at.eq(Some(now)),
             outbox::last_error.eq(None::<String>),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 
-use crate::db::models::OutboxRow;
 use crate::db::{naive, outbox, Db, DbError};
 use crate::email::compose::QueuedMail;
 use crate::email::Mailer;
@@ -43,60 +42,70 @@ impl MailJob {
         }
     }
 
-    /// Claims and sends one row; returns how many rows were attempted. One at a time, so a
-    /// claim's lease never has to cover more than one send.
+    /// Claims a batch of due rows, sends them side by side, and records the outcome; returns
+    /// how many rows were attempted. The sends run in parallel, so the batch takes about as long
+    /// as its slowest send, which the claim's lease covers.
     pub async fn drain_once(&self) -> Result<usize, DbError> {
         let now = naive(Utc::now());
-        let rows = self.db.run(move |c| outbox::claim(c, now, 1)).await?;
+        let rows = self.db.run(move |c| outbox::claim(c, now, BATCH)).await?;
         let n = rows.len();
+        let mut sending = Vec::with_capacity(n);
         for row in rows {
-            self.deliver(row).await?;
+            match serde_json::from_str::<QueuedMail>(&row.payload) {
+                Ok(mail) => {
+                    let (mailer, outgoing) = (self.mailer.clone(), mail.into_outgoing(&self.from));
+                    sending.push((
+                        row,
+                        tokio::task::spawn_blocking(move || mailer.send(&outgoing)),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(id = %row.id, error = %e, "outbox row is not a mail; parked");
+                    let park = naive(Utc::now() + chrono::Duration::days(3650));
+                    let msg = format!("unreadable payload: {e}");
+                    self.db
+                        .run(move |c| outbox::mark_failed(c, &row.id, &msg, park))
+                        .await?;
+                }
+            }
+        }
+        let mut sent = Vec::with_capacity(n);
+        for (row, handle) in sending {
+            let result = handle
+                .await
+                .unwrap_or_else(|e| Err(crate::email::MailError::InvalidMessage(e.to_string())));
+            match result {
+                Ok(()) => {
+                    self.metrics
+                        .events
+                        .mails_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(id = %row.id, kind = %row.kind, "mail sent");
+                    sent.push(row.id);
+                }
+                Err(e) => {
+                    self.metrics
+                        .events
+                        .mail_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let retry = naive(Utc::now() + outbox::retry_delay(row.attempts));
+                    tracing::warn!(id = %row.id, kind = %row.kind, attempt = row.attempts + 1, error = %e, "mail not sent; will retry");
+                    let msg = e.to_string();
+                    self.db
+                        .run(move |c| outbox::mark_failed(c, &row.id, &msg, retry))
+                        .await?;
+                }
+            }
+        }
+        if !sent.is_empty() {
+            let now = naive(Utc::now());
+            self.db
+                .run(move |c| outbox::mark_sent(c, &sent, now))
+                .await?;
         }
         Ok(n)
     }
-
-    async fn deliver(&self, row: OutboxRow) -> Result<(), DbError> {
-        let mail: QueuedMail = match serde_json::from_str(&row.payload) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(id = %row.id, error = %e, "outbox row is not a mail; parked");
-                let park = naive(Utc::now() + chrono::Duration::days(3650));
-                let id = row.id.clone();
-                let msg = format!("unreadable payload: {e}");
-                return self
-                    .db
-                    .run(move |c| outbox::mark_failed(c, &id, &msg, park))
-                    .await;
-            }
-        };
-        let outgoing = mail.into_outgoing(&self.from);
-        let mailer = self.mailer.clone();
-        let result = tokio::task::spawn_blocking(move || mailer.send(&outgoing))
-            .await
-            .unwrap_or_else(|e| Err(crate::email::MailError::InvalidMessage(e.to_string())));
-        let id = row.id.clone();
-        match result {
-            Ok(()) => {
-                self.metrics
-                    .events
-                    .mails_sent
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(id = %row.id, kind = %row.kind, "mail sent");
-                let now = naive(Utc::now());
-                self.db.run(move |c| outbox::mark_sent(c, &id, now)).await
-            }
-            Err(e) => {
-                self.metrics
-                    .events
-                    .mail_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                let retry = naive(Utc::now() + outbox::retry_delay(row.attempts));
-                tracing::warn!(id = %row.id, kind = %row.kind, attempt = row.attempts + 1, error = %e, "mail not sent; will retry");
-                let msg = e.to_string();
-                self.db
-                    .run(move |c| outbox::mark_failed(c, &id, &msg, retry))
-                    .await
-            }
-        }
-    }
 }
+
+/// Mails claimed and sent together.
+const BATCH: i64 = 16;

@@ -117,6 +117,7 @@ CREATE TABLE bookings (
 CREATE INDEX bookings_user_start ON bookings (user_id, starts_at);
 CREATE INDEX bookings_org_start ON bookings (organization_id, starts_at);
 CREATE INDEX bookings_site_start ON bookings (site_id, starts_at);
+-- The overlap triggers below search this index.
 CREATE INDEX bookings_resource_span ON bookings (resource_id, starts_at, ends_at);
 
 CREATE TABLE allowance_usage (
