@@ -486,61 +486,134 @@ struct Drain {
     took: Duration,
 }
 
+/// One indexed SELECT through the service's pool: the read floor.
+async fn select_one(db: spazi::db::Db, id: String) -> Result<(), String> {
+    db.run(move |c| {
+        resources::table
+            .find(id)
+            .select(Resource::as_select())
+            .first::<Resource>(c)
+            .map_err(DbError::from)
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("select: {e}"))
+}
+
+/// One single-row INSERT transaction through the service's pool: the write floor.
+async fn insert_one(db: spazi::db::Db) -> Result<(), String> {
+    let now = naive(Utc::now());
+    // Due in ten years, so the outbox mailer leaves the row alone.
+    let row = OutboxRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: FLOOR_KIND.into(),
+        payload: "{}".into(),
+        created_at: now,
+        available_at: now + chrono::Duration::days(3650),
+        attempts: 0,
+        last_error: None,
+        sent_at: None,
+    };
+    db.run(move |c| {
+        write_transaction(c, |c| match c {
+            DbConnection::Postgresql(pg) => {
+                diesel::insert_into(outbox::table).values(&row).execute(pg)
+            }
+            DbConnection::Sqlite(lite) => diesel::insert_into(outbox::table)
+                .values(&row)
+                .execute(lite),
+        })
+        .map_err(DbError::from)
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("insert: {e}"))
+}
+
 fn raw_select(state: &AppState, desk_ids: Arc<Vec<String>>) -> Op {
     let db = state.db.clone();
     Arc::new(move |_, rng| {
-        let id = desk_ids[rng.gen_range(0..desk_ids.len())].clone();
-        let db = db.clone();
-        async move {
-            db.run(move |c| {
-                resources::table
-                    .find(id)
-                    .select(Resource::as_select())
-                    .first::<Resource>(c)
-                    .map_err(DbError::from)
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("select: {e}"))
-        }
+        select_one(
+            db.clone(),
+            desk_ids[rng.gen_range(0..desk_ids.len())].clone(),
+        )
         .boxed()
     })
 }
 
 fn raw_insert(state: &AppState) -> Op {
     let db = state.db.clone();
-    Arc::new(move |_, _| {
-        let db = db.clone();
-        async move {
-            let now = naive(Utc::now());
-            // Due in ten years, so the outbox mailer leaves the row alone.
-            let row = OutboxRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                kind: FLOOR_KIND.into(),
-                payload: "{}".into(),
-                created_at: now,
-                available_at: now + chrono::Duration::days(3650),
-                attempts: 0,
-                last_error: None,
-                sent_at: None,
-            };
-            db.run(move |c| {
-                write_transaction(c, |c| match c {
-                    DbConnection::Postgresql(pg) => {
-                        diesel::insert_into(outbox::table).values(&row).execute(pg)
-                    }
-                    DbConnection::Sqlite(lite) => diesel::insert_into(outbox::table)
-                        .values(&row)
-                        .execute(lite),
-                })
-                .map_err(DbError::from)
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("insert: {e}"))
+    Arc::new(move |_, _| insert_one(db.clone()).boxed())
+}
+
+/// A second HTTP server on the same pool whose handlers do nothing but the floor queries, so the
+/// floors can also be read with the HTTP stack (actix and the client) included.
+fn start_floor_server(db: spazi::db::Db) -> anyhow::Result<u16> {
+    use actix_web::{App, HttpResponse, HttpServer};
+    async fn select(db: web::Data<spazi::db::Db>, id: web::Path<String>) -> HttpResponse {
+        match select_one(db.get_ref().clone(), id.into_inner()).await {
+            Ok(()) => HttpResponse::Ok().json(json!({"ok": true})),
+            Err(e) => HttpResponse::InternalServerError().body(e),
         }
-        .boxed()
+    }
+    async fn insert(db: web::Data<spazi::db::Db>) -> HttpResponse {
+        match insert_one(db.get_ref().clone()).await {
+            Ok(()) => HttpResponse::Created().json(json!({"ok": true})),
+            Err(e) => HttpResponse::InternalServerError().body(e),
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::Builder::new()
+        .name("floor-http".into())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let data = web::Data::new(db);
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .route("/floor/select/{id}", web::get().to(select))
+                        .route("/floor/insert", web::post().to(insert))
+                })
+                .listen(listener)?
+                .run();
+                server.await
+            })
+        })?;
+    Ok(port)
+}
+
+fn http_select(client: reqwest::Client, port: u16, desk_ids: Arc<Vec<String>>) -> Op {
+    Arc::new(move |_, rng| {
+        let url = format!(
+            "http://127.0.0.1:{port}/floor/select/{}",
+            desk_ids[rng.gen_range(0..desk_ids.len())]
+        );
+        let request = client.get(url);
+        async move { expect_status(request, 200).await }.boxed()
     })
+}
+
+fn http_insert(client: reqwest::Client, port: u16) -> Op {
+    let url = format!("http://127.0.0.1:{port}/floor/insert");
+    Arc::new(move |_, _| {
+        let request = client.post(&url);
+        async move { expect_status(request, 201).await }.boxed()
+    })
+}
+
+async fn expect_status(request: reqwest::RequestBuilder, expected: u16) -> Result<(), String> {
+    let res = request
+        .send()
+        .await
+        .map_err(|e| format!("transport: {e}"))?;
+    let status = res.status().as_u16();
+    let body = res.bytes().await.map_err(|e| format!("body: {e}"))?;
+    if status == expected {
+        Ok(())
+    } else {
+        Err(problem_key(status, &body))
+    }
 }
 
 fn utc_text(t: chrono::DateTime<Utc>) -> String {
@@ -648,8 +721,10 @@ async fn login(client: &reqwest::Client, base: &str, email: &str) -> anyhow::Res
 
 struct Report {
     select: Outcome,
+    select_http: Outcome,
     availability: Outcome,
     insert: Outcome,
+    insert_http: Outcome,
     create: Outcome,
     stored_bookings: i64,
     drain: Drain,
@@ -712,8 +787,15 @@ async fn run_scenarios(
     if settings.analyze {
         analyze(&state).await?;
     }
+    let floor_port = start_floor_server(state.db.clone())?;
     // Writes first, so availability then probes a bookings table that holds real rows.
     let insert = measure("c. raw INSERT", &raw_insert(&state), settings).await;
+    let insert_http = measure(
+        "c'. raw INSERT behind HTTP",
+        &http_insert(client.clone(), floor_port),
+        settings,
+    )
+    .await;
     let create = measure(
         "d. POST /api/v1/bookings",
         &create_booking(client.clone(), base.clone(), tokens, slots),
@@ -725,7 +807,18 @@ async fn run_scenarios(
     if settings.analyze {
         analyze(&state).await?;
     }
-    let select = measure("a. raw SELECT", &raw_select(&state, desk_ids), settings).await;
+    let select = measure(
+        "a. raw SELECT",
+        &raw_select(&state, desk_ids.clone()),
+        settings,
+    )
+    .await;
+    let select_http = measure(
+        "a'. raw SELECT behind HTTP",
+        &http_select(client.clone(), floor_port, desk_ids),
+        settings,
+    )
+    .await;
     let availability = measure(
         "b. GET /api/v1/availability",
         &availability(client.clone(), base.clone(), sites.clone()),
@@ -744,8 +837,10 @@ async fn run_scenarios(
         .await?;
     Ok(Report {
         select,
+        select_http,
         availability,
         insert,
+        insert_http,
         create,
         stored_bookings,
         drain,
@@ -765,7 +860,7 @@ fn print_report(report: &Report, settings: &Settings, sites: &[Site]) {
         cpus
     );
     println!(
-        "{} large sites, {} desks; run order c, d, a, b; {}",
+        "{} large sites, {} desks; run order c, c', d, a, a', b; {}",
         sites.len(),
         desks,
         if settings.analyze {
@@ -779,8 +874,10 @@ fn print_report(report: &Report, settings: &Settings, sites: &[Site]) {
     println!("|---|---:|---:|---:|---:|---:|");
     let rows = [
         ("a. raw SELECT by primary key (pool)", &report.select),
+        ("a'. the same SELECT behind HTTP", &report.select_http),
         ("b. GET /api/v1/availability", &report.availability),
         ("c. raw INSERT transaction (pool)", &report.insert),
+        ("c'. the same INSERT behind HTTP", &report.insert_http),
         ("d. POST /api/v1/bookings", &report.create),
     ];
     for (name, o) in rows {
@@ -806,6 +903,11 @@ fn print_report(report: &Report, settings: &Settings, sites: &[Site]) {
     println!(
         "d/c = {d_over_c:.2} (target >= 0.50: {})",
         verdict(d_over_c >= 0.5)
+    );
+    println!(
+        "against the floors behind the same HTTP stack: b/a' = {:.2}, d/c' = {:.2}",
+        report.availability.rate() / report.select_http.rate(),
+        report.create.rate() / report.insert_http.rate()
     );
     println!(
         "bookings stored: {} (201s measured: {}, the rest from warm-up)",
