@@ -145,6 +145,7 @@ pub async fn signup(
     let verification = EmailVerification {
         token_hash,
         user_id: user.id.clone(),
+        password_hash: user.password_hash.clone(),
         expires_at: naive(now + VERIFICATION_TTL),
         used_at: None,
     };
@@ -157,7 +158,9 @@ pub async fn signup(
         .db
         .run(
             move |c| match users::create(c, &user, Some(&verification), &[], Some(&mail)) {
-                Err(DbError::Duplicate) => users::queue_mail(c, &notice),
+                Err(DbError::Duplicate) => {
+                    users::signup_again(c, &user.email, &verification, &mail, &notice).map(|_| ())
+                }
                 other => other,
             },
         )

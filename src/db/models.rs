@@ -52,6 +52,7 @@ pub struct RefreshToken {
 pub struct EmailVerification {
     pub token_hash: String,
     pub user_id: String,
+    pub password_hash: String,
     pub expires_at: NaiveDateTime,
     pub used_at: Option<NaiveDateTime>,
 }

@@ -26,6 +26,7 @@ diesel::table! {
     email_verifications (token_hash) {
         token_hash -> Text,
         user_id -> Text,
+        password_hash -> Text,
         expires_at -> Timestamp,
         used_at -> Nullable<Timestamp>,
     }

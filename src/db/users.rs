@@ -58,6 +58,33 @@ pub fn create(
     })
 }
 
+/// A signup for an address already registered: an unverified account gets a fresh link (carrying
+/// the new password), a verified one only a notice. Returns whether the account was verified.
+pub fn signup_again(
+    conn: &mut DbConnection,
+    email: &str,
+    verification: &EmailVerification,
+    link_mail: &OutboxRow,
+    notice: &OutboxRow,
+) -> Result<bool, DbError> {
+    write_transaction(conn, |conn| {
+        let user = by_email(conn, email)?.ok_or(DbError::NotFound)?;
+        if user.verified_at.is_some() {
+            queue_mail(conn, notice)?;
+            return Ok(true);
+        }
+        let v = EmailVerification {
+            user_id: user.id,
+            ..verification.clone()
+        };
+        on_backend!(conn, |c| diesel::insert_into(email_verifications::table)
+            .values(&v)
+            .execute(c)?);
+        queue_mail(conn, link_mail)?;
+        Ok(false)
+    })
+}
+
 /// Queues a mail on its own, e.g. the notice sent when someone signs up with a taken email.
 pub fn queue_mail(conn: &mut DbConnection, mail: &OutboxRow) -> Result<(), DbError> {
     on_backend!(conn, |c| diesel::insert_into(outbox::table)
@@ -89,7 +116,10 @@ pub fn verify_email(
                 .find(&row.user_id)
                 .filter(users::verified_at.is_null()),
         )
-        .set(users::verified_at.eq(Some(now)))
+        .set((
+            users::verified_at.eq(Some(now)),
+            users::password_hash.eq(&row.password_hash),
+        ))
         .execute(conn)?;
         Ok(true)
     })

@@ -598,14 +598,7 @@ on_both!(
             .wait_for(|m| m.is_to(&email), Duration::from_secs(10))
             .await
             .unwrap_or_else(|| panic!("no verification mail; {}", sink.summary()));
-        let text = mail.text();
-        let at = text
-            .find("token=")
-            .unwrap_or_else(|| panic!("no token= link in {text:?}"));
-        let token: String = text[at + "token=".len()..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '%'))
-            .collect();
+        let token = link_token(&mail);
         assert!(
             token.len() >= 16,
             "token {token:?} is too short to be unguessable"
@@ -626,6 +619,60 @@ on_both!(
             .post_json("/api/v1/auth/verify", None, &json!({"token": token}))
             .await;
         assert_field_error(status, &body, 422, "token");
+    }
+);
+
+/// The token of the verification link in a mail.
+fn link_token(mail: &ReceivedMail) -> String {
+    let text = mail.text();
+    let at = text
+        .find("token=")
+        .unwrap_or_else(|| panic!("no token= link in {text:?}"));
+    text[at + "token=".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '%'))
+        .collect()
+}
+
+on_both!(
+    an_earlier_signup_with_your_address_cannot_keep_its_password,
+    |backend| async move {
+        let sink = SmtpSink::start().await;
+        let app = app_mailing_to(backend, sink.port).await;
+        let email = format!("vittima.{}@example.it", uuid::Uuid::new_v4().simple());
+        let signup = |password: &'static str| json!({"email": email, "password": password, "name": "Someone"});
+        // Someone signs up first with this address; its owner signs up after that mail went out.
+        let first = app
+            .post_json("/api/v1/auth/signup", None, &signup("intruder-password-1"))
+            .await;
+        let count = || sink.received().iter().filter(|m| m.is_to(&email)).count();
+        assert!(
+            wait_until(Duration::from_secs(10), || count() == 1).await,
+            "{}",
+            sink.summary()
+        );
+        let second = app
+            .post_json("/api/v1/auth/signup", None, &signup("owner-password-22"))
+            .await;
+        assert_eq!(first, second, "both signups answer alike");
+        assert!(
+            wait_until(Duration::from_secs(10), || count() == 2).await,
+            "{}",
+            sink.summary()
+        );
+        let mails: Vec<ReceivedMail> = sink
+            .received()
+            .into_iter()
+            .filter(|m| m.is_to(&email))
+            .collect();
+        // The owner opens the link of their own signup: their password is the account's.
+        let owner_token = link_token(&mails[1]);
+        let (status, body) = app
+            .post_json("/api/v1/auth/verify", None, &json!({"token": owner_token}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(app.login(&email, "owner-password-22").await.0, 200);
+        assert_eq!(app.login(&email, "intruder-password-1").await.0, 401);
     }
 );
 

@@ -17,9 +17,12 @@ CREATE TABLE users (
 );
 CREATE INDEX users_organization ON users (organization_id);
 
+-- Each signup's link carries the password chosen in that signup, so whoever opens the link
+-- sets the password: signing up first with someone else's address gains nothing.
 CREATE TABLE email_verifications (
     token_hash TEXT PRIMARY KEY,
     user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    password_hash TEXT NOT NULL,
     expires_at TIMESTAMP NOT NULL,
     used_at TIMESTAMP
 );
