@@ -60,14 +60,8 @@ impl Scene {
         let manager_a = app.user(Role::SiteManager, None, &[&site_a]).await;
         let network_admin = app.user(Role::NetworkAdmin, None, &[]).await;
 
-        let desk_a = app.resource(&site_a, "desk").await["id"]
-            .as_str()
-            .expect("desk")
-            .to_string();
-        let desk_b = app.resource(&site_b, "desk").await["id"]
-            .as_str()
-            .expect("desk")
-            .to_string();
+        let desk_a = app.resource_id(&site_a, "desk").await;
+        let desk_b = app.resource_id(&site_b, "desk").await;
         let book = |who: &TestUser, site: &str, desk: &str, hour: u32| {
             let (start, end) = (
                 app.local(site, day, hour, 0),

@@ -131,10 +131,7 @@ impl Fixture {
         let app = spawn(backend).await;
         let member = app.user(Role::Member, None, &[]).await;
         let (site, day) = app.open_day("large", 3);
-        let desk = app.resource(&site, "desk").await["id"]
-            .as_str()
-            .expect("desk id")
-            .to_string();
+        let desk = app.resource_id(&site, "desk").await;
         Fixture {
             app,
             token: member.token,

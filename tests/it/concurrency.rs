@@ -12,10 +12,7 @@ on_both!(
     |backend| async move {
         let app = spawn(backend).await;
         let (site, day) = app.open_day("large", 3);
-        let desk = app.resource(&site, "desk").await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let desk = app.resource_id(&site, "desk").await;
         let mut members = Vec::new();
         for _ in 0..4 {
             members.push(app.user(Role::Member, None, &[]).await);
@@ -57,10 +54,7 @@ on_both!(
 on_both!(adjacent_intervals_both_succeed, |backend| async move {
     let app = spawn(backend).await;
     let (site, day) = app.open_day("large", 3);
-    let desk = app.resource(&site, "desk").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let desk = app.resource_id(&site, "desk").await;
     let m = app.user(Role::Member, None, &[]).await;
     let (nine, ten, eleven) = (
         app.local(&site, day, 9, 0),
@@ -87,10 +81,7 @@ on_both!(adjacent_intervals_both_succeed, |backend| async move {
 on_both!(racing_cancels_have_one_winner, |backend| async move {
     let app = spawn(backend).await;
     let (site, day) = app.open_day("large", 3);
-    let desk = app.resource(&site, "desk").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let desk = app.resource_id(&site, "desk").await;
     let m = app.user(Role::Member, None, &[]).await;
     let (s, booking) = app
         .book(
@@ -199,10 +190,7 @@ on_both!(
 on_both!(idempotency_key_replays_and_guards, |backend| async move {
     let app = spawn(backend).await;
     let (site, day) = app.open_day("large", 3);
-    let desk = app.resource(&site, "desk").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let desk = app.resource_id(&site, "desk").await;
     let m = app.user(Role::Member, None, &[]).await;
     let body = json!({"resource_id": desk, "starts_at": app.local(&site, day, 14, 0), "ends_at": app.local(&site, day, 15, 0)});
     let send = |b: serde_json::Value| {

@@ -34,10 +34,7 @@ on_both!(spring_forward_night, |backend| async move {
         .site
         .id
         .clone();
-    let room = app.resource(&site, "meeting_room").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let room = app.resource_id(&site, "meeting_room").await;
     let (s, closed) = app
         .book(
             &m.token,
@@ -147,10 +144,7 @@ on_both!(fall_back_night, |backend| async move {
     let site = site_open_on(&app, day);
     let org = app.create_org("Alfa", 100);
     let m = app.user(Role::Member, Some(&org), &[]).await;
-    let office = app.resource(&site, "office").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let office = app.resource_id(&site, "office").await;
     let (s, b) = app
         .book(
             &m.token,
@@ -227,10 +221,7 @@ on_both!(
             .id
             .clone();
         let m = app.user(Role::Member, None, &[]).await;
-        let room = app.resource(&site, "meeting_room").await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let room = app.resource_id(&site, "meeting_room").await;
         let (s, _) = app
             .book(
                 &m.token,

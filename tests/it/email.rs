@@ -498,10 +498,7 @@ on_both!(
         let app = app_mailing_to(backend, sink.port).await;
         let member = app.user(Role::Member, None, &[]).await;
         let (site, day) = app.open_day("large", 3);
-        let desk = app.resource(&site, "desk").await["id"]
-            .as_str()
-            .expect("desk id")
-            .to_string();
+        let desk = app.resource_id(&site, "desk").await;
         let (status, booking) = app
             .book(
                 &member.token,
@@ -683,10 +680,7 @@ on_both!(
         let app = app_mailing_to(backend, port).await;
         let member = app.user(Role::Member, None, &[]).await;
         let (site, day) = app.open_day("large", 3);
-        let desk = app.resource(&site, "desk").await["id"]
-            .as_str()
-            .expect("desk id")
-            .to_string();
+        let desk = app.resource_id(&site, "desk").await;
         let mut starts = Vec::new();
         for hour in [9, 14] {
             let (status, booking) = app

@@ -271,6 +271,14 @@ impl TestApp {
             .to_rfc3339()
     }
 
+    /// The id of the first resource of `kind` at `site_id`.
+    pub async fn resource_id(&self, site_id: &str, kind: &str) -> String {
+        self.resource(site_id, kind).await["id"]
+            .as_str()
+            .expect("resource id")
+            .to_string()
+    }
+
     /// The first resource of `kind` at `site_id`.
     pub async fn resource(&self, site_id: &str, kind: &str) -> Value {
         let (status, page) = self
