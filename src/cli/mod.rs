@@ -165,8 +165,8 @@ pub fn user(command: UserCommand) -> anyhow::Result<()> {
             s.trim_end_matches(['\n', '\r']).to_string()
         }
     };
-    let db = open_db()?;
-    migrations::run(&db)?;
+    // Like `serve`, an empty database is migrated and seeded first, so sites can be named.
+    let db = crate::startup::prepare_database(&database_url())?;
     let id = create_account(
         &db,
         &NewAccount {
@@ -190,8 +190,8 @@ pub fn organization(command: OrganizationCommand) -> anyhow::Result<()> {
     if allowance_hours < 0 {
         bail!("--allowance-hours must not be negative");
     }
-    let db = open_db()?;
-    migrations::run(&db)?;
+    // Like `serve`, an empty database is migrated and seeded first, so sites can be named.
+    let db = crate::startup::prepare_database(&database_url())?;
     let org = Organization {
         id: uuid::Uuid::now_v7().to_string(),
         name,
