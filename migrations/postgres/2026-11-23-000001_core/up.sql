@@ -95,14 +95,15 @@ CREATE TABLE resources (
     kind TEXT NOT NULL CHECK (kind IN ('desk', 'meeting_room', 'office', 'event_room', 'ev_bay')),
     name TEXT NOT NULL,
     capacity INTEGER NOT NULL CHECK (capacity > 0),
-    amenities TEXT NOT NULL
+    amenities TEXT NOT NULL,
+    UNIQUE (id, site_id)
 );
 CREATE INDEX resources_site_kind ON resources (site_id, kind);
 
 CREATE TABLE bookings (
     id TEXT PRIMARY KEY,
-    resource_id TEXT NOT NULL REFERENCES resources (id),
-    site_id TEXT NOT NULL REFERENCES sites (id),
+    resource_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
     user_id TEXT NOT NULL REFERENCES users (id),
     organization_id TEXT REFERENCES organizations (id),
     starts_at TIMESTAMP NOT NULL,
@@ -118,6 +119,9 @@ CREATE TABLE bookings (
     checked_in_at TIMESTAMP,
     cancelled_at TIMESTAMP,
     CHECK (ends_at > starts_at),
+    -- One key for both: the booking's site is its resource's site, and concurrent bookings at
+    -- one site do not all lock the site's row.
+    FOREIGN KEY (resource_id, site_id) REFERENCES resources (id, site_id),
     CONSTRAINT bookings_no_overlap EXCLUDE USING gist (
         resource_id WITH =,
         tsrange(starts_at, ends_at, '[)') WITH &&
