@@ -141,10 +141,7 @@ pub async fn create(
         &caller.user_id.clone(),
         &digest,
         || async move {
-            let checked = check(&st, &caller, request)
-                .1
-                .map_err(ApiError::Validation)?;
-            let booking = store_booking(&st, &caller, checked).await?;
+            let booking = book(&st, &caller, request).await?;
             let location = booking_url(&st, &booking.id);
             Ok(Created {
                 status: StatusCode::CREATED,
@@ -155,6 +152,18 @@ pub async fn create(
         },
     )
     .await
+}
+
+/// Checks and stores one booking for `caller`: `POST /bookings` without its HTTP envelope.
+pub async fn book(
+    state: &AppState,
+    caller: &Caller,
+    request: BookingRequest,
+) -> Result<BookingOut, ApiError> {
+    let checked = check(state, caller, request)
+        .1
+        .map_err(ApiError::Validation)?;
+    store_booking(state, caller, checked).await
 }
 
 /// Stores the booking, its allowance charge and its confirmation mail in one transaction.
