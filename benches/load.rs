@@ -640,20 +640,7 @@ fn availability(client: reqwest::Client, base: String, sites: Arc<Vec<Site>>) ->
     let url = format!("{base}/api/v1/availability");
     Arc::new(move |_, rng| {
         let request = client.get(&url).query(&availability_query(&sites, rng));
-        async move {
-            let res = request
-                .send()
-                .await
-                .map_err(|e| format!("transport: {e}"))?;
-            let status = res.status().as_u16();
-            let body = res.bytes().await.map_err(|e| format!("body: {e}"))?;
-            if status == 200 {
-                Ok(())
-            } else {
-                Err(problem_key(status, &body))
-            }
-        }
-        .boxed()
+        async move { expect_status(request, 200).await }.boxed()
     })
 }
 
@@ -678,17 +665,7 @@ fn create_booking(
         });
         async move {
             let request = request.ok_or_else(|| "no free slot left".to_string())?;
-            let res = request
-                .send()
-                .await
-                .map_err(|e| format!("transport: {e}"))?;
-            let status = res.status().as_u16();
-            let body = res.bytes().await.map_err(|e| format!("body: {e}"))?;
-            if status == 201 {
-                Ok(())
-            } else {
-                Err(problem_key(status, &body))
-            }
+            expect_status(request, 201).await
         }
         .boxed()
     })
