@@ -948,6 +948,10 @@ fn main() -> anyhow::Result<()> {
         public_url: "http://spazi.bench".into(),
         jwt_secret: b"bench-secret-bench-secret-bench-secret".to_vec(),
         mail_poll_secs: 1,
+        telemetry: spazi::config::TelemetryConfig {
+            ingest: false,
+            ..Default::default()
+        },
     };
     eprintln!("starting the service on database {}", database.name);
     let service = start_service(config)?;

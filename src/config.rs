@@ -27,6 +27,112 @@ pub struct Config {
     pub jwt_secret: Vec<u8>,
     /// Seconds between outbox polls when nothing wakes the mailer sooner.
     pub mail_poll_secs: u64,
+    pub telemetry: TelemetryConfig,
+}
+
+/// How the service hears the buildings, and what it keeps and watches.
+#[derive(Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Run the MQTT ingest consumer (`SPAZI_INGEST`, default on).
+    pub ingest: bool,
+    /// The consumer's fixed client id; its broker session persists across restarts.
+    pub client_id: String,
+    /// The service's broker identity (`SPAZI_MQTT_USERNAME`, `SPAZI_MQTT_PASSWORD[_FILE]`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Subscribe with `$share/spazi/…` so several instances split the load.
+    pub shared: bool,
+    /// Raw readings and device events older than this are removed.
+    pub raw_retention_days: u32,
+    /// Seconds between roll-up passes.
+    pub rollup_secs: u64,
+    /// Seconds between device-health and alarm sweeps.
+    pub health_secs: u64,
+    pub co2_limit_ppm: f64,
+    pub temp_min_c: f64,
+    pub temp_max_c: f64,
+    pub door_held_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            ingest: true,
+            client_id: "spazi-ingest".into(),
+            username: None,
+            password: None,
+            shared: false,
+            raw_retention_days: 30,
+            rollup_secs: 30,
+            health_secs: 5,
+            co2_limit_ppm: 1000.0,
+            temp_min_c: 16.0,
+            temp_max_c: 28.0,
+            door_held_secs: 60,
+        }
+    }
+}
+
+impl std::fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field("ingest", &self.ingest)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("shared", &self.shared)
+            .field("raw_retention_days", &self.raw_retention_days)
+            .finish()
+    }
+}
+
+fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match var(name) {
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} {v:?} is not a valid value")),
+        None => Ok(default),
+    }
+}
+
+fn flag(name: &str, default: bool) -> anyhow::Result<bool> {
+    match var(name).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => bail!("{name} {v:?} must be true or false"),
+    }
+}
+
+impl TelemetryConfig {
+    pub fn from_env() -> anyhow::Result<TelemetryConfig> {
+        let d = TelemetryConfig::default();
+        let password = match (var("SPAZI_MQTT_PASSWORD"), var("SPAZI_MQTT_PASSWORD_FILE")) {
+            (Some(p), _) => Some(p),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading SPAZI_MQTT_PASSWORD_FILE {path}"))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(TelemetryConfig {
+            ingest: flag("SPAZI_INGEST", d.ingest)?,
+            client_id: var("SPAZI_MQTT_CLIENT_ID").unwrap_or(d.client_id),
+            username: var("SPAZI_MQTT_USERNAME"),
+            password,
+            shared: flag("SPAZI_MQTT_SHARED", d.shared)?,
+            raw_retention_days: parsed("SPAZI_RAW_RETENTION_DAYS", d.raw_retention_days)?,
+            rollup_secs: parsed("SPAZI_ROLLUP_SECS", d.rollup_secs)?.max(1),
+            health_secs: parsed("SPAZI_HEALTH_SECS", d.health_secs)?.max(1),
+            co2_limit_ppm: parsed("SPAZI_CO2_LIMIT_PPM", d.co2_limit_ppm)?,
+            temp_min_c: parsed("SPAZI_TEMP_MIN_C", d.temp_min_c)?,
+            temp_max_c: parsed("SPAZI_TEMP_MAX_C", d.temp_max_c)?,
+            door_held_secs: parsed("SPAZI_DOOR_HELD_SECS", d.door_held_secs)?.max(1),
+        })
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -38,6 +144,7 @@ impl std::fmt::Debug for Config {
             .field("mail_url", &redact_url(&self.mail_url))
             .field("public_url", &self.public_url)
             .field("jwt_secret", &"<redacted>")
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }
@@ -95,6 +202,7 @@ impl Config {
             mail_poll_secs: var("SPAZI_MAIL_POLL_SECS")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5),
+            telemetry: TelemetryConfig::from_env()?,
         })
     }
 }

@@ -27,11 +27,36 @@ pub struct Events {
     pub mail_failures: AtomicU64,
 }
 
+/// Counters of the telemetry pipeline.
+#[derive(Default)]
+pub struct Telemetry {
+    /// MQTT messages handed to the pipeline.
+    pub received: AtomicU64,
+    /// Readings rows written (duplicates excluded).
+    pub readings_stored: AtomicU64,
+    /// Device events written (duplicates excluded).
+    pub events_stored: AtomicU64,
+    /// Rows already stored (QoS 1 redeliveries, retransmissions), absorbed.
+    pub duplicates: AtomicU64,
+    /// Refused messages by reason, in `domain::telemetry::Reject::ALL` order.
+    pub rejected: [AtomicU64; 9],
+    pub batches: AtomicU64,
+    pub batch_failures: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// 1 while connected to the broker.
+    pub connected: AtomicU64,
+    /// Commit time minus the device timestamp of the last batch's newest message, in ms.
+    pub lag_ms: AtomicU64,
+    pub alarms_raised: AtomicU64,
+    pub alarms_cleared: AtomicU64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     pub events: Events,
+    pub telemetry: Telemetry,
 }
 
 impl Metrics {
@@ -133,6 +158,94 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let t = &self.telemetry;
+        out.push_str("# HELP spazi_telemetry_rejected_total MQTT messages refused, by reason.\n");
+        out.push_str("# TYPE spazi_telemetry_rejected_total counter\n");
+        for (reason, n) in crate::domain::telemetry::Reject::ALL
+            .iter()
+            .zip(&t.rejected)
+        {
+            let _ = writeln!(
+                out,
+                "spazi_telemetry_rejected_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, kind, v) in [
+            (
+                "spazi_telemetry_received_total",
+                "MQTT messages received by the ingest pipeline.",
+                "counter",
+                &t.received,
+            ),
+            (
+                "spazi_telemetry_readings_stored_total",
+                "Readings written to storage.",
+                "counter",
+                &t.readings_stored,
+            ),
+            (
+                "spazi_telemetry_events_stored_total",
+                "Device events written to storage.",
+                "counter",
+                &t.events_stored,
+            ),
+            (
+                "spazi_telemetry_duplicate_rows_total",
+                "Rows already stored (redelivered messages), absorbed.",
+                "counter",
+                &t.duplicates,
+            ),
+            (
+                "spazi_telemetry_batches_total",
+                "Batches committed.",
+                "counter",
+                &t.batches,
+            ),
+            (
+                "spazi_telemetry_batch_failures_total",
+                "Batch commits that failed and were retried.",
+                "counter",
+                &t.batch_failures,
+            ),
+            (
+                "spazi_telemetry_reconnects_total",
+                "Connections to the broker after the first.",
+                "counter",
+                &t.reconnects,
+            ),
+            (
+                "spazi_telemetry_connected",
+                "1 while the ingest consumer is connected to the broker.",
+                "gauge",
+                &t.connected,
+            ),
+            (
+                "spazi_telemetry_lag_milliseconds",
+                "Commit time minus device time of the last batch's newest message.",
+                "gauge",
+                &t.lag_ms,
+            ),
+            (
+                "spazi_alarms_raised_total",
+                "Alarms raised.",
+                "counter",
+                &t.alarms_raised,
+            ),
+            (
+                "spazi_alarms_cleared_total",
+                "Alarms cleared.",
+                "counter",
+                &t.alarms_cleared,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Ordering::Relaxed)
             );
         }

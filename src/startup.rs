@@ -20,9 +20,13 @@ use crate::db::network::Directory;
 use crate::db::{migrations, network, Db, DbConfig};
 use crate::domain::network::{generate, DEFAULT_SEED};
 use crate::email::{MailConfig, Mailer};
+use crate::fleet::Fleet;
 use crate::jobs::housekeeping;
 use crate::jobs::mailer::MailJob;
+use crate::jobs::watch::{Thresholds, Watch};
+use crate::jobs::{retention, rollup};
 use crate::metrics::Metrics;
+use crate::telemetry::ingest::{self, IngestOptions, Pipeline};
 
 pub struct Application {
     pub port: u16,
@@ -49,14 +53,22 @@ impl Application {
         let url = config.database_url.clone();
         let db = tokio::task::spawn_blocking(move || prepare_database(&url)).await??;
         let directory = db.run_blocking(Directory::load)?;
-        let mqtt_addr = match &config.mqtt {
+        let (mqtt_host, mqtt_port) = match &config.mqtt {
             MqttConfig::Embedded(listen) => {
                 let addr = crate::telemetry::broker::start_embedded(*listen)?;
                 tracing::info!(%addr, "embedded MQTT broker listening");
-                addr.to_string()
+                (addr.ip().to_string(), addr.port())
             }
-            MqttConfig::External { host, port } => format!("{host}:{port}"),
+            MqttConfig::External { host, port } => (host.clone(), *port),
         };
+        let mqtt_addr = format!("{mqtt_host}:{mqtt_port}");
+        let fleet = Arc::new(Fleet::default());
+        let rows = db.run_blocking(crate::db::telemetry::load_devices)?;
+        fleet.load(&rows, |site| {
+            directory
+                .get(site)
+                .map_or(chrono_tz::Europe::Rome, |s| s.tz)
+        });
         let mail_config = MailConfig::parse(&config.mail_url).context("SPAZI_MAIL_URL")?;
         let mailer = Mailer::new(&mail_config).context("setting up the mail transport")?;
         let metrics = Arc::new(Metrics::default());
@@ -69,8 +81,10 @@ impl Application {
             mail_waker: waker.clone(),
             login_throttle: Default::default(),
             mqtt_addr: Some(mqtt_addr),
+            fleet: fleet.clone(),
             config: config.clone(),
         });
+        start_telemetry(&state, &config, mqtt_host, mqtt_port).await;
         tokio::spawn(
             MailJob {
                 db: db.clone(),
@@ -168,6 +182,60 @@ fn problem_for_framework_errors<B: MessageBody + 'static>(
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, problem).map_into_right_body(),
     ))
+}
+
+/// Starts the ingest consumer (unless switched off) and the telemetry jobs.
+async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: String, port: u16) {
+    let t = &config.telemetry;
+    if t.ingest {
+        let site_state = state.clone();
+        let place_state = state.clone();
+        let pipeline = Pipeline {
+            db: state.db.clone(),
+            fleet: state.fleet.clone(),
+            metrics: state.metrics.clone(),
+            site_tz: Arc::new(move |site| site_state.directory().get(site).map(|s| s.tz)),
+            place_ok: Arc::new(move |site, zone, resource| {
+                let dir = place_state.directory();
+                let zone_ok = zone.is_none_or(|z| {
+                    dir.get(site)
+                        .is_some_and(|s| s.resources.iter().any(|r| r.zone.id == z))
+                });
+                let resource_ok = resource
+                    .is_none_or(|id| dir.resource(id).is_some_and(|r| r.resource.site_id == site));
+                zone_ok && resource_ok
+            }),
+        };
+        ingest::start(
+            IngestOptions {
+                host,
+                port,
+                client_id: t.client_id.clone(),
+                username: t.username.clone(),
+                password: t.password.clone(),
+                shared: t.shared,
+            },
+            pipeline,
+        );
+    }
+    tokio::spawn(rollup::run(
+        state.db.clone(),
+        state.fleet.clone(),
+        Duration::from_secs(t.rollup_secs),
+    ));
+    tokio::spawn(retention::run(
+        state.db.clone(),
+        t.raw_retention_days,
+        Duration::from_secs(3600),
+    ));
+    let watch = Watch::start(
+        state.db.clone(),
+        state.fleet.clone(),
+        state.metrics.clone(),
+        Thresholds::from(t),
+    )
+    .await;
+    tokio::spawn(watch.run(Duration::from_secs(t.health_secs)));
 }
 
 /// Reloads the directory now and then, so closures added by another instance show up.

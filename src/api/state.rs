@@ -4,6 +4,7 @@ use super::tokens::TokenKeys;
 use crate::config::Config;
 use crate::db::network::Directory;
 use crate::db::Db;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 
 /// What every handler can reach.
@@ -18,6 +19,8 @@ pub struct AppState {
     pub login_throttle: super::throttle::LoginThrottle,
     /// Where `/readyz` checks the MQTT broker.
     pub mqtt_addr: Option<String>,
+    /// Every device with its health and latest values.
+    pub fleet: Arc<Fleet>,
 }
 
 impl AppState {

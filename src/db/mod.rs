@@ -3,6 +3,7 @@
 //! Every query runs on a fixed set of database threads fed by a bounded channel
 //! ([`Db::run`]), so async handlers never block on a connection checkout.
 
+pub mod alarms;
 pub mod bookings;
 pub mod idempotency;
 pub mod migrations;
@@ -11,6 +12,7 @@ pub mod network;
 pub mod outbox;
 mod pool;
 pub mod schema;
+pub mod telemetry;
 pub mod users;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};

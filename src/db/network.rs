@@ -26,7 +26,8 @@ macro_rules! on_backend {
 }
 pub(crate) use on_backend;
 
-/// Inserts every site of `network` that is not stored yet; returns how many were added.
+/// Inserts every site of `network`, and every device of those sites, not stored yet; returns
+/// how many rows were added.
 pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<usize> {
     let existing: Vec<String> = sites::table.select(sites::id).load(conn)?;
     let mut added = 0;
@@ -34,6 +35,11 @@ pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<usize> {
         write_transaction(conn, |conn| insert_site(conn, spec))?;
         added += 1;
     }
+    let devices: Vec<_> = network
+        .iter()
+        .flat_map(crate::domain::devices::site_devices)
+        .collect();
+    added += super::telemetry::seed_devices(conn, &devices)?;
     if added > 0 {
         // Fresh statistics, so the planner uses the right indexes from the first request.
         if let DbConnection::Postgresql(c) = conn {

@@ -164,6 +164,81 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    devices (num) {
+        num -> Integer,
+        id -> Text,
+        site_id -> Text,
+        class -> Text,
+        zone_id -> Nullable<Text>,
+        resource_id -> Nullable<Text>,
+        gateway_id -> Nullable<Text>,
+        model -> Nullable<Text>,
+        firmware -> Nullable<Text>,
+        report_interval_s -> Integer,
+        status -> Text,
+        last_seen_at -> Nullable<Timestamp>,
+        status_changed_at -> Nullable<Timestamp>,
+        source -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    readings (minute, device, metric, seq) {
+        minute -> Integer,
+        device -> Integer,
+        metric -> SmallInt,
+        seq -> BigInt,
+        ts -> BigInt,
+        value -> Double,
+    }
+}
+
+diesel::table! {
+    device_events (device, ts, seq) {
+        device -> Integer,
+        seq -> BigInt,
+        ts -> BigInt,
+        kind -> Text,
+        body -> Text,
+    }
+}
+
+diesel::table! {
+    readings_15m (device, metric, bucket) {
+        device -> Integer,
+        metric -> SmallInt,
+        bucket -> BigInt,
+        n -> Integer,
+        min -> Double,
+        max -> Double,
+        sum -> Double,
+        last -> Double,
+        last_ts -> BigInt,
+        delta -> Nullable<Double>,
+        epoch -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    alarms (id) {
+        id -> Text,
+        site_id -> Text,
+        device_id -> Text,
+        zone_id -> Nullable<Text>,
+        kind -> Text,
+        severity -> Text,
+        state -> Text,
+        message -> Text,
+        value -> Nullable<Double>,
+        raised_at -> Timestamp,
+        acknowledged_at -> Nullable<Timestamp>,
+        acknowledged_by -> Nullable<Text>,
+        cleared_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(users -> organizations (organization_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -173,6 +248,8 @@ diesel::joinable!(resources -> sites (site_id));
 diesel::joinable!(bookings -> resources (resource_id));
 diesel::joinable!(bookings -> sites (site_id));
 diesel::joinable!(bookings -> users (user_id));
+diesel::joinable!(devices -> sites (site_id));
+diesel::joinable!(alarms -> sites (site_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     organizations,
@@ -189,4 +266,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     allowance_usage,
     idempotency_keys,
     outbox,
+    devices,
+    readings,
+    device_events,
+    readings_15m,
+    alarms,
 );

@@ -71,6 +71,70 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// What a building device is; fixes what it publishes and how often.
+    DeviceClass {
+        Gateway => "gateway",
+        PvMeter => "pv_meter",
+        GridMeter => "grid_meter",
+        EvCharger => "ev_charger",
+        EnvSensor => "env_sensor",
+        PresenceSensor => "presence_sensor",
+        DoorReader => "door_reader",
+    }
+);
+
+string_enum!(
+    /// A device's health as the service sees it.
+    DeviceStatus {
+        Online => "online",
+        Offline => "offline",
+        Unknown => "unknown",
+    }
+);
+
+string_enum!(
+    /// What an alarm is about.
+    AlarmKind {
+        DeviceOffline => "device_offline",
+        Co2High => "co2_high",
+        TemperatureOutOfBand => "temperature_out_of_band",
+        DoorHeldOpen => "door_held_open",
+        ChargerFault => "charger_fault",
+        CounterBackwards => "counter_backwards",
+    }
+);
+
+string_enum!(
+    /// Where an alarm is in its life cycle: raised (open), seen by a person (acknowledged), over (cleared).
+    AlarmState {
+        Open => "open",
+        Acknowledged => "acknowledged",
+        Cleared => "cleared",
+    }
+);
+
+impl DeviceClass {
+    /// How often a device of this class reports when nothing changes, in seconds.
+    pub fn report_interval_s(self) -> i32 {
+        match self {
+            DeviceClass::Gateway => 60,
+            DeviceClass::PvMeter | DeviceClass::GridMeter => 10,
+            DeviceClass::EvCharger => 30,
+            DeviceClass::EnvSensor => 60,
+            DeviceClass::PresenceSensor | DeviceClass::DoorReader => 300,
+        }
+    }
+}
+
+/// Silence longer than this many report intervals makes a device offline.
+pub const OFFLINE_AFTER_INTERVALS: i64 = 3;
+
+/// How long a device reporting every `report_interval_s` may stay silent before it is offline, in ms.
+pub fn offline_after_ms(report_interval_s: i32) -> i64 {
+    OFFLINE_AFTER_INTERVALS * i64::from(report_interval_s.max(1)) * 1000
+}
+
 impl BookingStatus {
     /// Statuses that hold the resource.
     pub const ACTIVE: [&'static str; 2] = ["confirmed", "checked_in"];

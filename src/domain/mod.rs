@@ -1,6 +1,7 @@
 //! Pure types and rules of the booking domain: no I/O, no actix, diesel or rumqttc.
 
 pub mod access;
+pub mod devices;
 pub mod geo;
 pub mod holidays;
 pub mod kinds;
@@ -8,9 +9,14 @@ pub mod network;
 pub mod opening_hours;
 pub mod password;
 pub mod policy;
+pub mod quarters;
+pub mod solar;
+pub mod telemetry;
 pub mod time_range;
 
-pub use kinds::{BookingStatus, ResourceKind, Role};
+pub use kinds::{
+    AlarmKind, AlarmState, BookingStatus, DeviceClass, DeviceStatus, ResourceKind, Role,
+};
 pub use time_range::TimeRange;
 
 /// A problem with one field of a request, as clients see it in a problem's `errors` array.

@@ -1,4 +1,8 @@
-//! Background work that claims rows: the outbox mailer, booking completion, directory refresh.
+//! Background work: the outbox mailer, booking completion, telemetry roll-ups, retention, and
+//! the device-health and alarm watch.
 
 pub mod housekeeping;
 pub mod mailer;
+pub mod retention;
+pub mod rollup;
+pub mod watch;

@@ -1,3 +1,5 @@
 //! The building side: MQTT. For now, the broker embedded in the process.
 
 pub mod broker;
+pub mod ingest;
+pub mod mosquitto;

@@ -7,7 +7,7 @@ use diesel::{Connection, RunQueryDsl};
 use serde_json::{json, Value};
 use spazi::api::state::AppState;
 use spazi::cli::{create_account, NewAccount};
-use spazi::config::{Config, MqttConfig};
+use spazi::config::{Config, MqttConfig, TelemetryConfig};
 use spazi::db::models::Organization;
 use spazi::db::{naive, users};
 use spazi::domain::Role;
@@ -86,6 +86,12 @@ pub fn test_config(database_url: String, mail_url: String) -> Config {
         public_url: "http://spazi.test".into(),
         jwt_secret: b"test-secret-test-secret-test-secret!".to_vec(),
         mail_poll_secs: 1,
+        telemetry: TelemetryConfig {
+            ingest: false,
+            rollup_secs: 1,
+            health_secs: 1,
+            ..TelemetryConfig::default()
+        },
     }
 }
 

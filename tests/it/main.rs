@@ -3,11 +3,14 @@
 mod helpers;
 
 mod accounts;
+mod acl;
 mod authorization;
 mod bad_input;
 mod concurrency;
 mod crash;
 mod dst;
 mod email;
+mod mosquitto;
 mod network;
 mod ops;
+mod telemetry;

@@ -1,0 +1,136 @@
+//! The 15-minute roll-up: recomputes, from the raw readings, every quarter the ingest pipeline
+//! marked, and cascades a counter's quarter into the next so deltas stay chained.
+//!
+//! Quarters are cut on each site's wall clock (`domain::quarters::quarter_start`). Every zone
+//! in use today has an offset that is a whole number of quarter-hours, so a site's local quarter
+//! is also a UTC quarter and one window of raw readings serves all sites.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::db::telemetry::{mark_before, readings_between_minutes, upsert_rollups, RollupRow};
+use crate::db::{Db, DbConnection, DbResult};
+use crate::domain::quarters::{roll_up, CounterMark, Sample, QUARTER_MS};
+use crate::domain::telemetry::Metric;
+use crate::fleet::Fleet;
+
+/// How far back a start recomputes, for quarters whose marks were lost with the process.
+const CATCH_UP_MS: i64 = 2 * 3600 * 1000;
+
+pub async fn run(db: Db, fleet: Arc<Fleet>, every: Duration) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let current = now - now.rem_euclid(QUARTER_MS);
+    let mut q = current - CATCH_UP_MS;
+    while q <= current {
+        fleet.mark_all(q);
+        q += QUARTER_MS;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = pass(&db, &fleet).await {
+            tracing::warn!(error = %e, "roll-up pass failed; retrying");
+        }
+    }
+}
+
+/// Recomputes every marked quarter, oldest first; returns how many roll-up rows were written.
+pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
+    let mut dirty: BTreeMap<i64, Option<HashSet<i32>>> = fleet.take_dirty();
+    let now = chrono::Utc::now().timestamp_millis();
+    let current = now - now.rem_euclid(QUARTER_MS);
+    let mut written = 0;
+    while let Some((q, devices)) = dirty.pop_first() {
+        let list: Vec<i32> = devices.iter().flatten().copied().collect();
+        let all = devices.is_none();
+        let outcome = db
+            .run(move |c| quarter(c, q, if all { &[] } else { &list }))
+            .await;
+        match outcome {
+            Ok((rows, counters)) => {
+                written += rows;
+                let next = q + QUARTER_MS;
+                if next <= current && !counters.is_empty() {
+                    if let Some(set) = dirty.entry(next).or_insert_with(|| Some(HashSet::new())) {
+                        set.extend(counters);
+                    }
+                }
+            }
+            Err(e) => {
+                // Put back what is left, so nothing marked is forgotten.
+                match devices {
+                    Some(set) => fleet.mark(q, set),
+                    None => fleet.mark_all(q),
+                }
+                for (q, d) in dirty {
+                    match d {
+                        Some(set) => fleet.mark(q, set),
+                        None => fleet.mark_all(q),
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// Rolls up one quarter for `devices` (all when empty). Returns the rows written and the
+/// devices that have counters in it.
+fn quarter(conn: &mut DbConnection, q: i64, devices: &[i32]) -> DbResult<(usize, Vec<i32>)> {
+    let first_minute = (q / 60_000) as i32;
+    let raw = readings_between_minutes(conn, first_minute, first_minute + 15, devices)?;
+    let mut by_device: HashMap<i32, Vec<Sample>> = HashMap::new();
+    for r in raw {
+        let Some(metric) = Metric::from_code(r.metric) else {
+            continue;
+        };
+        by_device.entry(r.device).or_default().push(Sample {
+            ts: r.ts,
+            seq: r.seq,
+            metric,
+            value: r.value,
+        });
+    }
+    let mut out = Vec::new();
+    let mut counters = Vec::new();
+    for (device, mut samples) in by_device {
+        let mut marks: HashMap<Metric, CounterMark> = HashMap::new();
+        let counter_metrics: HashSet<Metric> = samples
+            .iter()
+            .map(|s| s.metric)
+            .filter(|m| m.is_counter())
+            .collect();
+        for m in &counter_metrics {
+            if let Some(prev) = mark_before(conn, device, m.code(), q)? {
+                marks.insert(
+                    *m,
+                    CounterMark {
+                        value: prev.last,
+                        epoch: prev.epoch.unwrap_or(0),
+                    },
+                );
+            }
+        }
+        if !counter_metrics.is_empty() {
+            counters.push(device);
+        }
+        for r in roll_up(q, &mut samples, |m| marks.get(&m).copied()) {
+            out.push(RollupRow {
+                device,
+                metric: r.metric.code(),
+                bucket: r.bucket,
+                n: r.n as i32,
+                min: r.min,
+                max: r.max,
+                sum: r.sum,
+                last: r.last,
+                last_ts: r.last_ts,
+                delta: r.delta,
+                epoch: r.epoch,
+            });
+        }
+    }
+    upsert_rollups(conn, &out)?;
+    Ok((out.len(), counters))
+}

@@ -1,0 +1,578 @@
+//! The ingest pipeline: one MQTT consumer with a fixed client id and a persistent session,
+//! a writer that commits batches, and acknowledgements sent only after the commit.
+//!
+//! The event loop task only reads the network and forwards publishes; it never waits on the
+//! database. The writer drains what has arrived (up to [`MAX_BATCH`]), decodes it against the
+//! contract, writes readings and events in one transaction (idempotent on `(device, seq)`), then
+//! updates the fleet and acknowledges the batch in arrival order. A crash before the commit
+//! leaves the messages unacknowledged, so the broker delivers them again; a crash after the
+//! commit but before the acknowledgements makes the broker redeliver messages that the
+//! primary key then absorbs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono_tz::Tz;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, Publish, QoS};
+
+use crate::db::telemetry::{insert_batch, learn_device, EventRow, NewDevice, ReadingRow, Stored};
+use crate::db::{Db, DbError};
+use crate::domain::telemetry::{
+    decode, parse_topic, Decoded, Meta, Metric, Refusal, Reject, TopicKind,
+};
+use crate::fleet::{Fleet, Heard};
+use crate::metrics::Metrics;
+
+/// Messages per committed batch, at most.
+pub const MAX_BATCH: usize = 5_000;
+/// Messages waiting for the writer before the event loop pauses reading from the broker.
+const HIGH_WATER: usize = 50_000;
+/// The service's own birth and last will.
+pub const SERVER_STATUS_TOPIC: &str = "spazi/v1/_server/status";
+
+/// Where and how the consumer connects.
+#[derive(Clone)]
+pub struct IngestOptions {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Subscribe to telemetry and events with `$share/spazi/…`.
+    pub shared: bool,
+}
+
+/// The topic filters the consumer subscribes to. Retained `status` and `meta` are never shared
+/// (a shared subscription gets no retained messages), so every instance learns every device.
+pub fn subscriptions(shared: bool) -> Vec<String> {
+    let share = if shared { "$share/spazi/" } else { "" };
+    vec![
+        "spazi/v1/+/+/status".to_owned(),
+        "spazi/v1/+/+/meta".to_owned(),
+        format!("{share}spazi/v1/+/+/tele/+"),
+        format!("{share}spazi/v1/+/+/evt/+"),
+        format!("{share}spazi/v1/+/+/cmd/+/res"),
+    ]
+}
+
+/// The time zone of a site, `None` for an unknown site.
+pub type SiteZone = Arc<dyn Fn(&str) -> Option<Tz> + Send + Sync>;
+/// Whether a zone and a resource (each optional) belong to a site.
+pub type PlaceCheck = Arc<dyn Fn(&str, Option<&str>, Option<&str>) -> bool + Send + Sync>;
+
+/// What the pipeline needs from the rest of the service.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub db: Db,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    /// The time zone of a site, `None` for an unknown site.
+    pub site_tz: SiteZone,
+    /// Whether a zone (second) belongs to a site (first), and a resource (third) too.
+    pub place_ok: PlaceCheck,
+}
+
+struct Incoming {
+    publish: Publish,
+    generation: u64,
+}
+
+/// Starts the consumer; it runs until the process ends, reconnecting with bounded backoff.
+pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
+    let mut mqtt = MqttOptions::new(
+        options.client_id.clone(),
+        options.host.clone(),
+        options.port,
+    );
+    mqtt.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_request_channel_capacity(4 * MAX_BATCH)
+        .set_last_will(LastWill::new(
+            SERVER_STATUS_TOPIC,
+            r#"{"v":1,"online":false}"#,
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &options.username {
+        mqtt.set_credentials(user.clone(), options.password.clone().unwrap_or_default());
+    }
+    let (client, mut eventloop) = AsyncClient::new(mqtt, 4 * MAX_BATCH);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+
+    let (tx, rx) = flume::unbounded::<Incoming>();
+    let generation = Arc::new(AtomicU64::new(0));
+    let metrics = pipeline.metrics.clone();
+    let reader_client = client.clone();
+    let reader_generation = generation.clone();
+    let filters = subscriptions(options.shared);
+    let endpoint = format!("{}:{}", options.host, options.port);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut errors = RateLimited::new(Duration::from_secs(30), 3);
+        loop {
+            while tx.len() > HIGH_WATER {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(100);
+                    let g = reader_generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    if g > 1 {
+                        metrics.telemetry.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    metrics.telemetry.connected.store(1, Ordering::Relaxed);
+                    tracing::info!(broker = %endpoint, session_present = ack.session_present, "ingest connected");
+                    let subs = filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = reader_client.try_subscribe_many(subs) {
+                        tracing::warn!(error = %e, "could not queue the subscriptions");
+                    }
+                    let _ = reader_client.try_publish(
+                        SERVER_STATUS_TOPIC,
+                        QoS::AtLeastOnce,
+                        true,
+                        format!(r#"{{"v":1,"online":true,"ts":{}}}"#, now_ms()),
+                    );
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let generation = reader_generation.load(Ordering::SeqCst);
+                    if tx
+                        .send(Incoming {
+                            publish,
+                            generation,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics.telemetry.connected.store(0, Ordering::Relaxed);
+                    if errors.allow() {
+                        tracing::warn!(broker = %endpoint, error = %e, "ingest connection lost; reconnecting");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    let writer_client = client.clone();
+    tokio::spawn(async move {
+        let mut writer = Writer::new(pipeline);
+        while let Ok(first) = rx.recv_async().await {
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            writer.process(&batch).await;
+            let current = generation.load(Ordering::SeqCst);
+            for m in &batch {
+                // An acknowledgement belongs to the connection that delivered the message; after
+                // a reconnect the broker delivers it again and the key absorbs it.
+                if m.generation == current && writer_client.ack(&m.publish).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    client
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Allows `burst` events per `window`, and counts the rest.
+pub struct RateLimited {
+    window: Duration,
+    burst: u32,
+    started: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    pub fn new(window: Duration, burst: u32) -> Self {
+        RateLimited {
+            window,
+            burst,
+            started: Instant::now(),
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether this event may be logged.
+    pub fn allow(&mut self) -> bool {
+        if self.started.elapsed() >= self.window {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = self.suppressed,
+                    "similar messages were not logged"
+                );
+            }
+            self.started = Instant::now();
+            self.used = 0;
+            self.suppressed = 0;
+        }
+        if self.used < self.burst {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+struct Writer {
+    p: Pipeline,
+    log: RateLimited,
+}
+
+/// One batch, decoded.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<ReadingRow>,
+    events: Vec<EventRow>,
+    heard: Vec<(i32, Heard)>,
+    values: Vec<(Metric, f64)>,
+    newest_ts: i64,
+}
+
+impl Writer {
+    fn new(p: Pipeline) -> Self {
+        Writer {
+            p,
+            log: RateLimited::new(Duration::from_secs(10), 10),
+        }
+    }
+
+    fn reject(&mut self, topic: &str, refusal: Refusal) {
+        self.p.metrics.telemetry.rejected[refusal.reason.index()].fetch_add(1, Ordering::Relaxed);
+        if self.log.allow() {
+            tracing::warn!(topic, reason = refusal.reason.label(), detail = %refusal.detail, "telemetry message refused");
+        }
+    }
+
+    async fn process(&mut self, batch: &[Incoming]) {
+        let metrics = self.p.metrics.clone();
+        let t = &metrics.telemetry;
+        t.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let now = now_ms();
+        // Devices describe themselves first, so their readings in the same batch are admitted.
+        for m in batch {
+            if let Some(topic) = parse_topic(&m.publish.topic) {
+                if topic.kind == TopicKind::Meta {
+                    self.learn(topic.site, topic.device, &m.publish.payload, now)
+                        .await;
+                }
+            }
+        }
+        let mut d = Batch::default();
+        for m in batch {
+            let name = m.publish.topic.as_str();
+            let Some(topic) = parse_topic(name) else {
+                self.reject(
+                    name,
+                    Refusal {
+                        reason: Reject::UnknownTopic,
+                        detail: "outside the contract".into(),
+                    },
+                );
+                continue;
+            };
+            if topic.kind == TopicKind::Meta {
+                continue;
+            }
+            let Some(adm) = self.p.fleet.admit(topic.site, topic.device) else {
+                self.reject(
+                    name,
+                    Refusal {
+                        reason: Reject::UnknownDevice,
+                        detail: format!("no device {}", topic.device),
+                    },
+                );
+                continue;
+            };
+            if !adm.site_matches {
+                self.reject(
+                    name,
+                    Refusal {
+                        reason: Reject::SiteMismatch,
+                        detail: format!("{} is not at {}", topic.device, topic.site),
+                    },
+                );
+                continue;
+            }
+            let decoded = match decode(topic.kind, &m.publish.payload, now) {
+                Ok(x) => x,
+                Err(r) => {
+                    self.reject(name, r);
+                    continue;
+                }
+            };
+            match decoded {
+                Decoded::Readings { ts, seq, values } => {
+                    let minute = ReadingRow::minute_of(ts);
+                    let from = d.values.len();
+                    for &(metric, value) in &values {
+                        d.rows.push(ReadingRow {
+                            minute,
+                            device: adm.num,
+                            metric: metric.code(),
+                            seq,
+                            ts,
+                            value,
+                        });
+                    }
+                    d.values.extend(values);
+                    d.heard.push((
+                        adm.num,
+                        Heard::Readings {
+                            ts,
+                            from,
+                            to: d.values.len(),
+                        },
+                    ));
+                    d.newest_ts = d.newest_ts.max(ts);
+                }
+                Decoded::Event {
+                    ts,
+                    seq,
+                    kind,
+                    body,
+                    values,
+                    active,
+                } => {
+                    d.events.push(EventRow {
+                        device: adm.num,
+                        seq,
+                        ts,
+                        kind: kind.as_str().into(),
+                        body,
+                    });
+                    if !values.is_empty() {
+                        let minute = ReadingRow::minute_of(ts);
+                        let from = d.values.len();
+                        for &(metric, value) in &values {
+                            d.rows.push(ReadingRow {
+                                minute,
+                                device: adm.num,
+                                metric: metric.code(),
+                                seq,
+                                ts,
+                                value,
+                            });
+                        }
+                        d.values.extend(values);
+                        d.heard.push((
+                            adm.num,
+                            Heard::Readings {
+                                ts,
+                                from,
+                                to: d.values.len(),
+                            },
+                        ));
+                    }
+                    if let Some(active) = active {
+                        d.heard.push((adm.num, Heard::Fault { active }));
+                    }
+                    d.newest_ts = d.newest_ts.max(ts);
+                }
+                Decoded::Status { online, .. } => d.heard.push((adm.num, Heard::Status { online })),
+                Decoded::CmdResult { .. } | Decoded::Meta(_) => {}
+            }
+        }
+        let stored = self.commit(&d).await;
+        let groups = d.rows.len() + d.events.len();
+        let written = stored.readings + stored.events;
+        if groups > written {
+            t.duplicates
+                .fetch_add((groups - written) as u64, Ordering::Relaxed);
+        }
+        t.readings_stored
+            .fetch_add(stored.readings as u64, Ordering::Relaxed);
+        t.events_stored
+            .fetch_add(stored.events as u64, Ordering::Relaxed);
+        t.batches.fetch_add(1, Ordering::Relaxed);
+        if d.newest_ts > 0 {
+            t.lag_ms.store(
+                now_ms().saturating_sub(d.newest_ts).max(0) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        self.p.fleet.apply(&d.heard, &d.values, now_ms());
+    }
+
+    /// Commits the batch, retrying while the database is unreachable. A batch the database
+    /// refuses outright is written message by message, so one bad row cannot hold the rest.
+    async fn commit(&mut self, d: &Batch) -> Stored {
+        if d.rows.is_empty() && d.events.is_empty() {
+            return Stored::default();
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let rows = d.rows.clone();
+            let events = d.events.clone();
+            match self
+                .p
+                .db
+                .run(move |c| insert_batch(c, &rows, &events))
+                .await
+            {
+                Ok(stored) => return stored,
+                Err(e @ (DbError::Unavailable(_) | DbError::Busy(_))) => {
+                    self.p
+                        .metrics
+                        .telemetry
+                        .batch_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    if self.log.allow() {
+                        tracing::warn!(error = %e, "telemetry batch not committed; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    self.p
+                        .metrics
+                        .telemetry
+                        .batch_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "telemetry batch refused; writing it row by row");
+                    return self.commit_one_by_one(d).await;
+                }
+            }
+        }
+    }
+
+    async fn commit_one_by_one(&mut self, d: &Batch) -> Stored {
+        let mut total = Stored::default();
+        for row in &d.rows {
+            let r = [*row];
+            match self.p.db.run(move |c| insert_batch(c, &r, &[])).await {
+                Ok(s) => total.readings += s.readings,
+                Err(e) => self.reject(
+                    "readings",
+                    Refusal {
+                        reason: Reject::Schema,
+                        detail: e.to_string(),
+                    },
+                ),
+            }
+        }
+        for ev in &d.events {
+            let e = [ev.clone()];
+            match self.p.db.run(move |c| insert_batch(c, &[], &e)).await {
+                Ok(s) => total.events += s.events,
+                Err(e) => self.reject(
+                    "events",
+                    Refusal {
+                        reason: Reject::Schema,
+                        detail: e.to_string(),
+                    },
+                ),
+            }
+        }
+        total
+    }
+
+    /// Registers or updates a device from its retained `meta`.
+    async fn learn(&mut self, site: &str, device: &str, payload: &[u8], now: i64) {
+        let topic = format!("spazi/v1/{site}/{device}/meta");
+        let meta: Meta = match decode(TopicKind::Meta, payload, now) {
+            Ok(Decoded::Meta(m)) => m,
+            Ok(_) => return,
+            Err(r) => return self.reject(&topic, r),
+        };
+        if let Some(known) = self.p.fleet.get(device) {
+            if known.site_id != site {
+                return self.reject(
+                    &topic,
+                    Refusal {
+                        reason: Reject::SiteMismatch,
+                        detail: format!("{device} is not at {site}"),
+                    },
+                );
+            }
+            let unchanged = known.class == meta.class
+                && (meta.model.is_none() || known.model == meta.model)
+                && (meta.firmware.is_none() || known.firmware == meta.firmware)
+                && (meta.zone.is_none() || known.zone_id == meta.zone)
+                && (meta.report_interval_s.is_none()
+                    || Some(known.report_interval_s) == meta.report_interval_s);
+            if unchanged {
+                return;
+            }
+        }
+        let Some(tz) = (self.p.site_tz)(site) else {
+            return self.reject(
+                &topic,
+                Refusal {
+                    reason: Reject::UnknownDevice,
+                    detail: format!("no site {site}"),
+                },
+            );
+        };
+        if !(self.p.place_ok)(site, meta.zone.as_deref(), meta.resource.as_deref()) {
+            return self.reject(
+                &topic,
+                Refusal {
+                    reason: Reject::Schema,
+                    detail: "zone or resource is not at this site".into(),
+                },
+            );
+        }
+        let known = self.p.fleet.get(device);
+        let new = NewDevice {
+            id: device.to_owned(),
+            site_id: site.to_owned(),
+            class: meta.class.as_str().to_owned(),
+            zone_id: meta.zone.or(known.as_ref().and_then(|k| k.zone_id.clone())),
+            resource_id: meta
+                .resource
+                .or(known.as_ref().and_then(|k| k.resource_id.clone())),
+            gateway_id: meta
+                .gateway
+                .or(known.as_ref().and_then(|k| k.gateway_id.clone())),
+            model: meta.model.or(known.as_ref().and_then(|k| k.model.clone())),
+            firmware: meta
+                .firmware
+                .or(known.as_ref().and_then(|k| k.firmware.clone())),
+            report_interval_s: meta
+                .report_interval_s
+                .or(known.as_ref().map(|k| k.report_interval_s))
+                .unwrap_or_else(|| meta.class.report_interval_s()),
+            status: "unknown".into(),
+            source: "meta".into(),
+            created_at: chrono::Utc::now().naive_utc(),
+        };
+        match self.p.db.run(move |c| learn_device(c, &new)).await {
+            Ok(row) => {
+                tracing::info!(device, site, "device described itself");
+                self.p.fleet.upsert(&row, tz);
+            }
+            Err(e) => self.reject(
+                &topic,
+                Refusal {
+                    reason: Reject::Schema,
+                    detail: e.to_string(),
+                },
+            ),
+        }
+    }
+}
