@@ -14,10 +14,10 @@ use crate::on_both;
 const BIN: &str = env!("CARGO_BIN_EXE_spazi");
 
 /// A running `spazi serve`; dropping it kills the process.
-struct Service {
+pub(crate) struct Service {
     child: Child,
     log: PathBuf,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Service {
@@ -28,7 +28,7 @@ impl Drop for Service {
 }
 
 impl Service {
-    fn start(env: &[(&str, String)], dir: &Path, name: &str) -> Service {
+    pub(crate) fn start(env: &[(&str, String)], dir: &Path, name: &str) -> Service {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
@@ -49,11 +49,11 @@ impl Service {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn wait_healthy(&mut self, client: &reqwest::Client) {
+    pub(crate) async fn wait_healthy(&mut self, client: &reqwest::Client) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("child status") {
@@ -74,7 +74,7 @@ impl Service {
     }
 
     /// SIGKILL: no shutdown hook runs.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.child.kill().expect("kill spazi serve");
         self.child.wait().expect("reap spazi serve");
     }
@@ -206,6 +206,7 @@ async fn killed_service_loses_no_mail(backend: Backend, point: KillPoint) {
     let env: Vec<(&str, String)> = vec![
         ("DATABASE_URL", database_url.clone()),
         ("SPAZI_MQTT_URL", "mqtt://127.0.0.1:1883".into()),
+        ("SPAZI_INGEST", "false".into()),
         (
             "SPAZI_JWT_SECRET",
             "crash-test-secret-crash-test-secret-0123".into(),
