@@ -33,6 +33,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::OrganizationCommand,
     },
+    /// Manage building devices.
+    Device {
+        #[command(subcommand)]
+        command: cli::devices::DeviceCommand,
+    },
+    /// Broker identities for the devices and the service.
+    Mqtt {
+        #[command(subcommand)]
+        command: cli::devices::MqttCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Seed { seed } => cli::seed(seed),
         Command::User { command } => cli::user(command),
         Command::Organization { command } => cli::organization(command),
+        Command::Device { command } => cli::devices::device(command),
+        Command::Mqtt { command } => cli::devices::mqtt(command),
     }
 }

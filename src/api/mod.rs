@@ -1,7 +1,9 @@
 //! The HTTP edge: routes, handlers, extractors, and the mapping of errors to problem details.
 
+pub mod alarms;
 pub mod auth;
 pub mod bookings;
+pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -42,6 +44,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/sites/{site_id}/resources",
                     web::get().to(sites::resources),
                 )
+                .route("/sites/{site_id}/devices", web::get().to(devices::list))
+                .route(
+                    "/sites/{site_id}/devices",
+                    web::post().to(devices::provision),
+                )
+                .route("/sites/{site_id}/live", web::get().to(devices::live))
+                .route("/devices/{device_id}", web::get().to(devices::get))
+                .route(
+                    "/devices/{device_id}/readings",
+                    web::get().to(devices::readings),
+                )
+                .route("/alarms", web::get().to(alarms::list))
+                .route("/alarms/{alarm_id}/ack", web::post().to(alarms::ack))
                 .route("/availability", web::get().to(sites::availability))
                 .route("/bookings/quote", web::post().to(bookings::create::quote))
                 .route("/bookings", web::post().to(bookings::create::create))

@@ -1,6 +1,7 @@
 //! The `spazi` subcommands.
 
 pub mod demo;
+pub mod devices;
 
 use std::io::Read;
 
@@ -39,7 +40,7 @@ pub fn serve() -> anyhow::Result<()> {
     })
 }
 
-fn database_url() -> String {
+pub(crate) fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://spazi.db".into())
 }
 

@@ -68,3 +68,15 @@ pub fn abandon(conn: &mut DbConnection, user_id: &str, key: &str) -> Result<(), 
     diesel::delete(idempotency_keys::table.find((user_id, key))).execute(conn)?;
     Ok(())
 }
+
+/// How long a key is remembered. A stored response can hold a secret shown once (a device's
+/// broker password), so it is kept no longer than a client's retries need.
+pub const KEEP_HOURS: i64 = 24;
+
+/// Forgets keys older than `before`; returns how many.
+pub fn expire(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, DbError> {
+    Ok(
+        diesel::delete(idempotency_keys::table.filter(idempotency_keys::created_at.lt(before)))
+            .execute(conn)?,
+    )
+}

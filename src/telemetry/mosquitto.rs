@@ -139,10 +139,12 @@ pub fn generate_password() -> String {
 }
 
 /// Whether `username` can stand in the password file and in an ACL `user` line: 1 to 128
-/// printable ASCII characters without spaces and without `:` (the password file's separator).
-/// Line breaks, which would add lines of their own to either file, are thereby excluded.
+/// printable ASCII characters without spaces and without `:` (the password file's separator),
+/// not starting with `#` (a comment line to Mosquitto). Line breaks, which would add lines of
+/// their own to either file, are thereby excluded.
 pub fn is_valid_username(username: &str) -> bool {
     (1..=MAX_USERNAME_LEN).contains(&username.len())
+        && !username.starts_with('#')
         && username.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 

@@ -13,4 +13,6 @@ mod email;
 mod mosquitto;
 mod network;
 mod ops;
+mod telemetry_api;
 mod telemetry;
+mod telemetry_crash;
