@@ -757,7 +757,7 @@ pub async fn live(
 
 #[derive(Deserialize, ToSchema)]
 pub struct ProvisionRequest {
-    /// `[a-z0-9_-]{1,64}`, unique in the network; also the device's MQTT username and the
+    /// `[a-z0-9_-]{1,128}`, unique in the network; also the device's MQTT username and the
     /// `{device}` level of its topics.
     pub id: String,
     #[schema(value_type = DeviceClass)]
@@ -838,7 +838,7 @@ pub fn check(
     if !valid_id(&req.id) {
         errors.push(FieldError::new(
             "id",
-            "must be 1 to 64 characters of a-z, 0-9, '-' and '_'",
+            "must be 1 to 128 characters of a-z, 0-9, '-' and '_'",
         ));
     }
     let class = errors.take(

@@ -131,6 +131,14 @@ mod tests {
             assert_eq!(count(DeviceClass::EvCharger), bays);
             assert_eq!(count(DeviceClass::PresenceSensor), resources.len() - bays);
             assert!(count(DeviceClass::EnvSensor) >= 1);
+            assert!(crate::domain::telemetry::valid_id(&site.id), "{}", site.id);
+            for d in &devices {
+                assert!(
+                    crate::domain::telemetry::valid_id(&d.id),
+                    "{} is no topic id",
+                    d.id
+                );
+            }
             let mut ids: Vec<_> = devices.iter().map(|d| &d.id).collect();
             ids.sort();
             ids.dedup();

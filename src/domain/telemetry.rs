@@ -160,9 +160,9 @@ pub struct Topic<'a> {
     pub kind: TopicKind<'a>,
 }
 
-/// Site and device ids in topics: lower-case letters, digits, `-` and `_`, 1 to 64 characters.
+/// Site and device ids in topics: lower-case letters, digits, `-` and `_`, 1 to 128 characters.
 pub fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
+    (1..=128).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -528,10 +528,7 @@ fn tele_values(kind: TeleKind, m: &Map<String, Value>) -> Result<Vec<(Metric, f6
     Ok(out)
 }
 
-fn event(
-    kind: EvtKind,
-    m: &Map<String, Value>,
-) -> Result<EventValues, Refusal> {
+fn event(kind: EvtKind, m: &Map<String, Value>) -> Result<EventValues, Refusal> {
     match kind {
         EvtKind::Badge => {
             let f = Fields::new(m, &["credential"])?;
@@ -577,7 +574,7 @@ fn meta(map: &Map<String, Value>) -> Result<Meta, Refusal> {
         .parse::<DeviceClass>()
         .map_err(|e| schema(format!("class: {e}")))?;
     let id = |key: &str| -> Result<Option<String>, Refusal> {
-        match f.string(key, 64)? {
+        match f.string(key, 128)? {
             Some(s) if valid_id(s) => Ok(Some(s.to_owned())),
             Some(_) => Err(schema(format!("{key}: not a valid id"))),
             None => Ok(None),

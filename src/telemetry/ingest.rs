@@ -2,7 +2,9 @@
 //! a writer that commits batches, and acknowledgements sent only after the commit.
 //!
 //! The event loop task only reads the network and forwards publishes; it never waits on the
-//! database. The writer drains what has arrived (up to [`MAX_BATCH`]), decodes it against the
+//! database or the writer, so the acknowledgements the writer queues are always sent. What waits
+//! for the writer is bounded by the broker's window of unacknowledged messages per client
+//! (`max_inflight_messages` in Mosquitto, `max_inflight_count` in rumqttd). The writer drains what has arrived (up to [`MAX_BATCH`]), decodes it against the
 //! contract, writes readings and events in one transaction (idempotent on `(device, seq)`), then
 //! updates the fleet and acknowledges the batch in arrival order. A crash before the commit
 //! leaves the messages unacknowledged, so the broker delivers them again; a crash after the
@@ -26,8 +28,6 @@ use crate::metrics::Metrics;
 
 /// Messages per committed batch, at most.
 pub const MAX_BATCH: usize = 5_000;
-/// Messages waiting for the writer before the event loop pauses reading from the broker.
-const HIGH_WATER: usize = 50_000;
 /// The service's own birth and last will.
 pub const SERVER_STATUS_TOPIC: &str = "spazi/v1/_server/status";
 
@@ -116,9 +116,6 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
         let mut backoff = Duration::from_millis(100);
         let mut errors = RateLimited::new(Duration::from_secs(30), 3);
         loop {
-            while tx.len() > HIGH_WATER {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
