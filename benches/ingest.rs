@@ -1,0 +1,466 @@
+//! Ingest harness: sustained telemetry from Mosquitto to committed rows at QoS 1.
+//!
+//! Starts its own Mosquitto (the production settings of `mqtt-config/mosquitto.conf`, anonymous,
+//! on a free port) and measures, in the same run:
+//! - the floor: the broker's delivery rate to one plain QoS 1 subscriber;
+//! - the service (the release binary, `spazi serve`, as its own process) on PostgreSQL and on
+//!   SQLite: messages/s from the first publish to the last committed row, the end-to-end lag
+//!   (commit time minus device time, sampled from `/metrics`), peak resident memory and CPU.
+//!
+//! Run with `cargo bench --bench ingest`. `SPAZI_BENCH_MESSAGES` (default 200000) sets the
+//! messages per run, `SPAZI_BENCH_RUNS` (default 3) the runs per scenario, `SPAZI_BENCH_PUBLISHERS`
+//! (default 2) the publishing connections. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use diesel::prelude::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const BIN: &str = env!("CARGO_BIN_EXE_spazi");
+
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a whole number")),
+        _ => Ok(default),
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A child process killed with the harness.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto(dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_inflight_messages 20000\nmax_queued_messages 13000000\nmax_queued_bytes 3000000000\n\
+             message_size_limit 8192\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n"
+        ),
+    )?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting mosquitto (is it installed?)")?;
+    wait_port(port, Duration::from_secs(10))?;
+    Ok((Proc(child), port))
+}
+
+/// A PostgreSQL database of our own, dropped at the end.
+struct PgDatabase(String);
+
+impl PgDatabase {
+    fn create() -> anyhow::Result<PgDatabase> {
+        let name = format!(
+            "spazi_bench_ingest_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut admin = PgConnection::establish(PG_ADMIN_URL)?;
+        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
+        Ok(PgDatabase(name))
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(PG_ADMIN_URL) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
+                .execute(&mut admin);
+        }
+    }
+}
+
+/// The seeded devices' power topics, so every message belongs to a known device.
+fn device_topics() -> Vec<String> {
+    spazi::domain::network::generate(spazi::domain::network::DEFAULT_SEED)
+        .iter()
+        .flat_map(spazi::domain::devices::site_devices)
+        .map(|d| format!("spazi/v1/{}/{}/tele/power", d.site_id, d.id))
+        .collect()
+}
+
+fn messages(topics: &[String], count: usize, seq_base: usize) -> Vec<(String, Vec<u8>)> {
+    let now = chrono::Utc::now().timestamp_millis();
+    (0..count)
+        .map(|i| {
+            let topic = &topics[i % topics.len()];
+            let seq = seq_base + i / topics.len();
+            let payload = format!(
+                r#"{{"v":1,"ts":{},"seq":{seq},"m":{{"p_w":{}}}}}"#,
+                now + (i / topics.len()) as i64,
+                (i % 5000) as f64 * 1.5
+            );
+            (topic.clone(), payload.into_bytes())
+        })
+        .collect()
+}
+
+fn client(port: u16, id: &str, clean: bool) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(clean)
+        .set_inflight(1000)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    (client, eventloop)
+}
+
+/// Publishes every message at QoS 1 over `publishers` connections; returns when the broker has
+/// acknowledged them all.
+async fn publish_all(
+    port: u16,
+    batch: Arc<Vec<(String, Vec<u8>)>>,
+    publishers: usize,
+) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let batch = batch.clone();
+        tasks.push(tokio::spawn(async move {
+            let (client, mut eventloop) = client(
+                port,
+                &format!("bench-pub-{p}-{}", uuid::Uuid::new_v4().simple()),
+                true,
+            );
+            let mine: Vec<_> = batch.iter().skip(p).step_by(publishers).cloned().collect();
+            let expected = mine.len() as u64;
+            let acked = Arc::new(AtomicU64::new(0));
+            let counter = acked.clone();
+            let poller = tokio::spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            if counter.fetch_add(1, Ordering::Relaxed) + 1 >= expected {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            eprintln!("publisher connection: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+            for (topic, payload) in mine {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await?;
+            }
+            poller.await?;
+            let _ = client.disconnect().await;
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// The floor: one plain subscriber acknowledging as it reads.
+async fn floor(
+    port: u16,
+    batch: Arc<Vec<(String, Vec<u8>)>>,
+    publishers: usize,
+) -> anyhow::Result<f64> {
+    let (sub, mut eventloop) = client(
+        port,
+        &format!("bench-floor-{}", uuid::Uuid::new_v4().simple()),
+        true,
+    );
+    sub.subscribe("spazi/v1/+/+/tele/+", QoS::AtLeastOnce)
+        .await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
+            break;
+        }
+    }
+    let total = batch.len() as u64;
+    let receiver = tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut first: Option<Instant> = None;
+        while n < total {
+            if let Event::Incoming(Packet::Publish(_)) = eventloop.poll().await? {
+                first.get_or_insert_with(Instant::now);
+                n += 1;
+            }
+        }
+        anyhow::Ok(first.map(|f| f.elapsed()).unwrap_or_default())
+    });
+    let started = Instant::now();
+    publish_all(port, batch, publishers).await?;
+    let receiving = receiver.await??;
+    let _ = sub.disconnect().await;
+    let elapsed = started.elapsed().max(receiving);
+    Ok(total as f64 / elapsed.as_secs_f64())
+}
+
+struct Service {
+    proc: Proc,
+    base: String,
+}
+
+fn start_service(database_url: &str, mqtt_port: u16, dir: &Path) -> anyhow::Result<Service> {
+    let http = free_port()?;
+    let log = std::fs::File::create(dir.join(format!("service-{http}.log")))?;
+    let child = Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("SPAZI_LISTEN", format!("127.0.0.1:{http}"))
+        .env("SPAZI_MQTT_URL", format!("mqtt://127.0.0.1:{mqtt_port}"))
+        .env("SPAZI_MQTT_CLIENT_ID", format!("spazi-bench-{http}"))
+        .env(
+            "SPAZI_JWT_SECRET",
+            "bench-secret-bench-secret-bench-secret-0123",
+        )
+        .env(
+            "SPAZI_MAIL_URL",
+            format!("file://{}", dir.join("mail").display()),
+        )
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    wait_port(http, Duration::from_secs(120))?;
+    Ok(Service {
+        proc: Proc(child),
+        base: format!("http://127.0.0.1:{http}"),
+    })
+}
+
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix(name).and_then(|r| r.strip_prefix(' ')) {
+            return Ok(v.trim().parse()?);
+        }
+    }
+    bail!("{name} not in /metrics")
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak and current resident memory in MB.
+fn memory_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmHWM:") / 1024.0, kb("VmRSS:") / 1024.0)
+}
+
+struct Run {
+    rate: f64,
+    lag_median_ms: f64,
+    lag_max_ms: f64,
+    peak_mb: f64,
+    cpu_share: f64,
+}
+
+async fn service_run(
+    service: &Service,
+    port: u16,
+    batch: Arc<Vec<(String, Vec<u8>)>>,
+    publishers: usize,
+) -> anyhow::Result<Run> {
+    let http = reqwest::Client::new();
+    let before = metric(
+        &http,
+        &service.base,
+        "spazi_telemetry_readings_stored_total",
+    )
+    .await?;
+    let target = before + batch.len() as f64;
+    let pid = service.proc.0.id();
+    let cpu0 = cpu_seconds(pid);
+    let started = Instant::now();
+    let publishing = tokio::spawn(publish_all(port, batch, publishers));
+    let mut lags = Vec::new();
+    loop {
+        let stored = metric(
+            &http,
+            &service.base,
+            "spazi_telemetry_readings_stored_total",
+        )
+        .await?;
+        lags.push(metric(&http, &service.base, "spazi_telemetry_lag_milliseconds").await?);
+        if stored >= target {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {} of {} rows committed after 10 minutes",
+                stored - before,
+                target - before
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    publishing.await??;
+    let cpu = cpu_seconds(pid) - cpu0;
+    lags.sort_by(f64::total_cmp);
+    let count = target - before;
+    Ok(Run {
+        rate: count / elapsed.as_secs_f64(),
+        lag_median_ms: lags[lags.len() / 2],
+        lag_max_ms: *lags.last().unwrap_or(&0.0),
+        peak_mb: memory_mb(pid).0,
+        cpu_share: cpu / elapsed.as_secs_f64(),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn wait_connected(service: &Service) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&http, &service.base, "spazi_telemetry_connected")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        if Instant::now() > deadline {
+            bail!("the service never connected to the broker");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let count = env_number("SPAZI_BENCH_MESSAGES", 200_000)? as usize;
+    let runs = env_number("SPAZI_BENCH_RUNS", 3)?.max(1) as usize;
+    let publishers = env_number("SPAZI_BENCH_PUBLISHERS", 2)?.max(1) as usize;
+    let dir = tempfile::tempdir()?;
+    let (_broker, port) = start_mosquitto(dir.path())?;
+    let topics = device_topics();
+    eprintln!(
+        "{count} messages a run over {} devices, {runs} runs, {publishers} publishers",
+        topics.len()
+    );
+
+    let mut floors = Vec::new();
+    let mut seq = 0;
+    for _ in 0..runs {
+        let batch = Arc::new(messages(&topics, count, seq));
+        seq += count / topics.len() + 1;
+        let r = floor(port, batch, publishers).await?;
+        eprintln!("floor: {r:.0} msg/s");
+        floors.push(r);
+    }
+
+    let pg = PgDatabase::create()?;
+    let sqlite_dir = tempfile::tempdir()?;
+    let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("spazi.db").display());
+    let mut report = Vec::new();
+    for (name, url) in [("PostgreSQL", pg.url()), ("SQLite", sqlite_url)] {
+        let service = start_service(&url, port, dir.path())?;
+        wait_connected(&service).await?;
+        let mut results = Vec::new();
+        for _ in 0..runs {
+            let batch = Arc::new(messages(&topics, count, seq));
+            seq += count / topics.len() + 1;
+            let r = service_run(&service, port, batch, publishers).await?;
+            eprintln!(
+                "{name}: {:.0} msg/s, lag median {:.0} ms max {:.0} ms, peak RSS {:.0} MB, CPU {:.0}%",
+                r.rate,
+                r.lag_median_ms,
+                r.lag_max_ms,
+                r.peak_mb,
+                r.cpu_share * 100.0
+            );
+            results.push(r);
+        }
+        report.push((name, results));
+    }
+
+    let floor_median = median(floors.clone());
+    println!("\n## Ingest, broker to committed rows, QoS 1 ({count} messages a run, medians of {runs})\n");
+    println!("| scenario | msg/s | ratio to the floor | lag median | lag max | peak RSS | CPU (of one core) |");
+    println!("|---|---|---|---|---|---|---|");
+    println!("| floor: Mosquitto to one plain subscriber | {floor_median:.0} | 1.00 | | | | |");
+    for (name, results) in &report {
+        let rate = median(results.iter().map(|r| r.rate).collect());
+        println!(
+            "| service on {name} | {rate:.0} | {:.2} | {:.0} ms | {:.0} ms | {:.0} MB | {:.0}% |",
+            rate / floor_median,
+            median(results.iter().map(|r| r.lag_median_ms).collect()),
+            median(results.iter().map(|r| r.lag_max_ms).collect()),
+            results.iter().map(|r| r.peak_mb).fold(0.0, f64::max),
+            median(results.iter().map(|r| r.cpu_share * 100.0).collect()),
+        );
+    }
+    Ok(())
+}
