@@ -110,6 +110,15 @@ pub async fn spawn(backend: Backend) -> TestApp {
 /// Starts the app with the test configuration, adjusted by `adjust`.
 pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(Config) -> Config) -> TestApp {
     let (url, db_dir) = fresh_database(backend);
+    spawn_on(url, db_dir, adjust).await
+}
+
+/// Starts the app on a database that exists already (another instance may be using it).
+pub async fn spawn_on(
+    url: String,
+    db_dir: Option<tempfile::TempDir>,
+    adjust: impl FnOnce(Config) -> Config,
+) -> TestApp {
     let mail_dir = tempfile::tempdir().expect("mail dir");
     let config = adjust(test_config(
         url,

@@ -647,3 +647,81 @@ on_both!(silence_and_wills_embedded, |b| {
 on_both!(silence_and_wills_mosquitto, |b| {
     silent_devices_and_gateway_wills(b, Broker::Mosquitto)
 });
+
+/// Two instances on one database and one broker, subscribed with `$share/spazi/…`: the broker
+/// splits the messages between them and each is stored once.
+async fn shared_subscription_splits_the_load(backend: Backend) {
+    let broker = Mosquitto::start(MosquittoOptions::default());
+    let (url, db_dir) = crate::helpers::fresh_database(backend);
+    let mqtt = MqttConfig::External {
+        host: "127.0.0.1".into(),
+        port: broker.port,
+    };
+    let shared = |c: Config| {
+        let mut c = ingest_config(c, mqtt.clone());
+        c.telemetry.shared = true;
+        c
+    };
+    let first = crate::helpers::spawn_on(url.clone(), db_dir, shared).await;
+    let second = crate::helpers::spawn_on(url, None, shared).await;
+    let instances = [&first, &second];
+    for app in instances {
+        let m = app.state.metrics.clone();
+        assert!(
+            wait(Duration::from_secs(10), || m
+                .telemetry
+                .connected
+                .load(Ordering::Relaxed)
+                == 1)
+            .await
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now = now_ms();
+    let messages: Vec<(String, String)> = (0..2_000)
+        .map(|seq| {
+            (
+                "spazi/v1/bologna/bologna-pv/tele/power".to_string(),
+                format!(
+                    r#"{{"v":1,"ts":{},"seq":{seq},"m":{{"p_w":{seq}}}}}"#,
+                    now - 2_000 + seq
+                ),
+            )
+        })
+        .collect();
+    let dev = device(broker.port, "bologna-gw-shared", None);
+    dev.send_all(&messages, messages.len()).await;
+    let received = || {
+        instances
+            .iter()
+            .map(|a| a.state.metrics.telemetry.received.load(Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait(Duration::from_secs(20), || received().iter().sum::<u64>()
+            >= 2_000)
+        .await,
+        "{:?}",
+        received()
+    );
+    let split = received();
+    assert_eq!(
+        split.iter().sum::<u64>(),
+        2_000,
+        "no message went to both: {split:?}"
+    );
+    assert!(
+        split.iter().all(|n| *n > 0),
+        "both instances took a share: {split:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stored(&first).await < 2_000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored(&first).await, 2_000);
+}
+
+on_both!(
+    shared_subscription,
+    |b| shared_subscription_splits_the_load(b)
+);
