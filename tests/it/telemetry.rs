@@ -725,3 +725,144 @@ on_both!(
     shared_subscription,
     |b| shared_subscription_splits_the_load(b)
 );
+
+async fn live_alarm(
+    app: &TestApp,
+    device: &str,
+    kind: &str,
+) -> Option<spazi::db::alarms::AlarmRow> {
+    app.state
+        .db
+        .run(|c| {
+            spazi::db::alarms::list(
+                c,
+                &spazi::db::alarms::AlarmFilter {
+                    limit: 500,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .expect("alarms")
+        .into_iter()
+        .find(|a| a.device_id == device && a.kind == kind)
+}
+
+async fn wait_alarm(app: &TestApp, device: &str, kind: &str, state: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = live_alarm(app, device, kind).await;
+        if found.as_ref().is_some_and(|a| a.state == state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {state} {kind} alarm on {device}: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each alarm rule, raised by what devices publish and cleared when the condition ends.
+async fn alarms_follow_the_readings(backend: Backend) {
+    let rig = rig(backend, Broker::Embedded, |mut c| {
+        c.telemetry.door_held_secs = 1;
+        c
+    })
+    .await;
+    let app = &rig.app;
+    let site = app.state.fleet.site("bologna");
+    let env = site
+        .iter()
+        .find(|d| d.class == spazi::domain::DeviceClass::EnvSensor)
+        .expect("an env sensor");
+    let zone = env.zone_id.clone().expect("its zone");
+    let presence = site
+        .iter()
+        .find(|d| {
+            d.class == spazi::domain::DeviceClass::PresenceSensor
+                && d.zone_id.as_ref() == Some(&zone)
+        })
+        .expect("a presence sensor in the zone");
+    let charger = site
+        .iter()
+        .find(|d| d.class == spazi::domain::DeviceClass::EvCharger)
+        .expect("a charger");
+    let door = "bologna-door-main";
+    let dev = device(rig.port, "bologna-gw-alarms", None);
+    let mut seq = 0;
+    let mut send = |device: &str, kind: &str, m: &str| {
+        seq += 1;
+        (
+            format!("spazi/v1/bologna/{device}/{kind}"),
+            format!(r#"{{"v":1,"ts":{},"seq":{seq},"m":{m}}}"#, now_ms()),
+        )
+    };
+    let batch = vec![
+        send(&presence.id, "tele/presence", r#"{"occupied":true}"#),
+        send(&env.id, "tele/env", r#"{"co2_ppm":1450,"t_c":31.5}"#),
+        send(
+            charger.id.as_str(),
+            "tele/charger",
+            r#"{"state":"fault","p_w":0}"#,
+        ),
+        send(
+            "bologna-grid",
+            "tele/energy",
+            r#"{"e_imp_wh":5000,"meter_epoch":0}"#,
+        ),
+        send(
+            "bologna-grid",
+            "tele/energy",
+            r#"{"e_imp_wh":4900,"meter_epoch":0}"#,
+        ),
+        send(door, "evt/door", r#"{"open":true}"#),
+    ];
+    let mut sent = batch.len();
+    dev.send_all(&batch, sent).await;
+    wait_alarm(app, &env.id, "co2_high", "open").await;
+    wait_alarm(app, &env.id, "temperature_out_of_band", "open").await;
+    wait_alarm(app, &charger.id, "charger_fault", "open").await;
+    wait_alarm(app, "bologna-grid", "counter_backwards", "open").await;
+    wait_alarm(app, door, "door_held_open", "open").await;
+
+    // The site's manager acknowledges one; it stays acknowledged until its condition ends.
+    let manager = app
+        .user(spazi::domain::Role::SiteManager, None, &["bologna"])
+        .await;
+    let co2 = live_alarm(app, &env.id, "co2_high").await.expect("alarm");
+    let (status, body) = app
+        .post_json(
+            &format!("/api/v1/alarms/{}/ack", co2.id),
+            Some(&manager.token),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "acknowledged");
+    assert_eq!(body["acknowledged_by"]["id"], manager.id.as_str());
+
+    let batch = vec![
+        send(&env.id, "tele/env", r#"{"co2_ppm":650,"t_c":22.0}"#),
+        send(
+            charger.id.as_str(),
+            "tele/charger",
+            r#"{"state":"available","p_w":0}"#,
+        ),
+        send(
+            "bologna-grid",
+            "tele/energy",
+            r#"{"e_imp_wh":10,"meter_epoch":1}"#,
+        ),
+        send(door, "evt/door", r#"{"open":false}"#),
+    ];
+    sent += batch.len();
+    dev.send_all(&batch, sent).await;
+    wait_alarm(app, &env.id, "co2_high", "cleared").await;
+    wait_alarm(app, &env.id, "temperature_out_of_band", "cleared").await;
+    wait_alarm(app, &charger.id, "charger_fault", "cleared").await;
+    wait_alarm(app, "bologna-grid", "counter_backwards", "cleared").await;
+    wait_alarm(app, door, "door_held_open", "cleared").await;
+}
+
+on_both!(alarm_rules, |b| alarms_follow_the_readings(b));
