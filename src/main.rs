@@ -38,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::devices::DeviceCommand,
     },
+    /// Publish simulated building telemetry for the network to an MQTT broker.
+    Simulate(cli::simulate::SimulateArgs),
     /// Broker identities for the devices and the service.
     Mqtt {
         #[command(subcommand)]
@@ -57,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Command::Organization { command } => cli::organization(command),
         Command::Device { command } => cli::devices::device(command),
         Command::Mqtt { command } => cli::devices::mqtt(command),
+        Command::Simulate(args) => cli::simulate::run(args),
     }
 }

@@ -14,6 +14,7 @@ use crate::db::{naive, users, Db};
 use crate::domain::access::Caller;
 use crate::domain::Role;
 use crate::startup::{prepare_database, Application};
+use crate::telemetry::simulate::{self, SimOptions};
 
 pub const PASSWORD: &str = "spazi-demo-2026";
 
@@ -90,13 +91,30 @@ pub fn run() -> anyhow::Result<()> {
         if fresh {
             book_demo_week(&app.state).await?;
         }
+        // The whole network's devices, publishing to the embedded broker; presence follows the
+        // bookings just made. The sender keeps the simulator running as long as the demo.
+        let (_keep_simulating, stop) = tokio::sync::watch::channel(false);
+        let broker = app.state.mqtt_addr.clone().unwrap_or_default();
+        if let Some((host, port)) = broker.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?))) {
+            let options = SimOptions {
+                database_url: Some(config.database_url.clone()),
+                ..SimOptions::new(host, port)
+            };
+            tokio::spawn(async move {
+                match simulate::run(options, stop).await {
+                    Ok(report) => tracing::info!(%report, "simulator stopped"),
+                    Err(e) => tracing::warn!(error = %e, "simulator failed"),
+                }
+            });
+        }
         let base = format!("http://127.0.0.1:{}", app.port);
         println!("\nSpazi demo is running.\n");
         println!("  API            {base}/api/v1/sites");
         println!("  API docs       {base}/api/docs/");
         println!("  OpenAPI        {base}/api/v1/openapi.json");
         println!("  health         {base}/healthz   readiness {base}/readyz   metrics {base}/metrics");
-        println!("  MQTT broker    {}", app.state.mqtt_addr.clone().unwrap_or_default());
+        println!("  MQTT broker    {broker}  (simulated devices of all 250 sites publishing)");
+        println!("  live site      {base}/api/v1/sites/bologna/live  (as elena.manager or admin)");
         println!("  mail           {}", config.mail_url);
         println!("\nDemo accounts (password: {PASSWORD}):");
         for line in &accounts {

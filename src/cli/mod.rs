@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod devices;
+pub mod simulate;
 
 use std::io::Read;
 

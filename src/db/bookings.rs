@@ -316,3 +316,19 @@ pub fn allowance_status(
         .first(conn)?;
     Ok((limit, allowance_used(conn, organization_id, month)?))
 }
+
+/// Ids of the resources held at `at` by a confirmed or checked-in booking
+/// (`starts_at <= at < ends_at`), across the network; the simulator's presence sensors follow them.
+pub fn active_resources(
+    conn: &mut DbConnection,
+    at: NaiveDateTime,
+) -> Result<Vec<String>, DbError> {
+    Ok(bookings::table
+        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+        .filter(bookings::starts_at.le(at))
+        .filter(bookings::starts_at.gt(at - MAX_LENGTH))
+        .filter(bookings::ends_at.gt(at))
+        .select(bookings::resource_id)
+        .distinct()
+        .load(conn)?)
+}

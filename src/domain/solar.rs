@@ -326,8 +326,8 @@ mod tests {
         assert!(peak > 20_000.0, "peak {peak}");
         assert_eq!(plant.ac_power_w(1e9), 30_000.0);
         assert_eq!(plant.ac_power_w(-5.0), 0.0);
-        // Winter noon makes less than summer noon on a horizontal plane... but a tilted panel
-        // still gets a fair share in December.
+        // A panel tilted towards the low winter sun still makes a fair share of its June noon
+        // power in December.
         let dec = plant.power_at(ROME.0, ROME.1, utc(2026, 12, 21, 11, 10), 1.0);
         let jun = plant.power_at(ROME.0, ROME.1, utc(2026, 6, 21, 11, 10), 1.0);
         assert!(dec > 0.4 * jun && dec < jun * 1.1, "dec {dec} jun {jun}");

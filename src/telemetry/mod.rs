@@ -3,3 +3,4 @@
 pub mod broker;
 pub mod ingest;
 pub mod mosquitto;
+pub mod simulate;

@@ -13,6 +13,7 @@ mod email;
 mod mosquitto;
 mod network;
 mod ops;
+mod simulator;
 mod telemetry_api;
 mod telemetry;
 mod telemetry_crash;
