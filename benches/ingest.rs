@@ -7,7 +7,11 @@
 //!   SQLite: messages/s from the first publish to the last committed row, the end-to-end lag
 //!   (commit time minus device time, sampled from `/metrics`), peak resident memory and CPU.
 //!
-//! Run with `cargo bench --bench ingest`. `SPAZI_BENCH_MESSAGES` (default 200000) sets the
+//! - the service's CPU while the simulator runs the 250 sites at their real rate, and at ten times
+//!   it (the load model of DESIGN.md §5), on PostgreSQL.
+//!
+//! Run with `cargo bench --bench ingest`. `SPAZI_BENCH_SIM_SECS` (default 60) sets how long each
+//! simulator scenario is measured. `SPAZI_BENCH_MESSAGES` (default 200000) sets the
 //! messages per run, `SPAZI_BENCH_RUNS` (default 3) the runs per scenario, `SPAZI_BENCH_PUBLISHERS`
 //! (default 2) the publishing connections. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
 
@@ -376,6 +380,40 @@ async fn service_run(
     })
 }
 
+/// Runs the simulator for the whole network against the service; returns messages/s received by
+/// the service, its CPU share and its resident memory (MB) at the end.
+async fn simulated_run(
+    service: &Service,
+    port: u16,
+    database_url: &str,
+    rate: f64,
+    secs: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    use spazi::telemetry::simulate::{run, SimOptions};
+    let http = reqwest::Client::new();
+    let pid = service.proc.0.id();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let options = SimOptions {
+        rate,
+        database_url: Some(database_url.to_string()),
+        ..SimOptions::new("127.0.0.1", port)
+    };
+    let sim = tokio::spawn(run(options, stop));
+    // The start-up burst of retained meta and status is not the steady state.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let received0 = metric(&http, &service.base, "spazi_telemetry_received_total").await?;
+    let cpu0 = cpu_seconds(pid);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let received =
+        metric(&http, &service.base, "spazi_telemetry_received_total").await? - received0;
+    let cpu = cpu_seconds(pid) - cpu0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let _ = sim.await?;
+    Ok((received / elapsed, cpu / elapsed, memory_mb(pid).1))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -421,13 +459,27 @@ async fn main() -> anyhow::Result<()> {
         floors.push(r);
     }
 
+    let sim_secs = env_number("SPAZI_BENCH_SIM_SECS", 60)?.max(5);
     let pg = PgDatabase::create()?;
     let sqlite_dir = tempfile::tempdir()?;
     let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("spazi.db").display());
     let mut report = Vec::new();
+    let mut simulated = Vec::new();
     for (name, url) in [("PostgreSQL", pg.url()), ("SQLite", sqlite_url)] {
         let service = start_service(&url, port, dir.path())?;
         wait_connected(&service).await?;
+        if name == "PostgreSQL" {
+            for rate in [1.0, 10.0] {
+                let r = simulated_run(&service, port, &url, rate, sim_secs).await?;
+                eprintln!(
+                    "simulator at rate {rate}: {:.0} msg/s, service CPU {:.1}%, RSS {:.0} MB",
+                    r.0,
+                    r.1 * 100.0,
+                    r.2
+                );
+                simulated.push((rate, r));
+            }
+        }
         let mut results = Vec::new();
         for _ in 0..runs {
             let batch = Arc::new(messages(&topics, count, seq));
@@ -460,6 +512,15 @@ async fn main() -> anyhow::Result<()> {
             median(results.iter().map(|r| r.lag_max_ms).collect()),
             results.iter().map(|r| r.peak_mb).fold(0.0, f64::max),
             median(results.iter().map(|r| r.cpu_share * 100.0).collect()),
+        );
+    }
+    println!("\n## The whole network simulated, on PostgreSQL ({sim_secs} s each, after the start-up burst)\n");
+    println!("| simulator rate | msg/s received | service CPU (of one core) | service RSS |");
+    println!("|---|---|---|---|");
+    for (rate, (msgs, cpu, rss)) in &simulated {
+        println!(
+            "| {rate}× | {msgs:.0} | {:.1}% | {rss:.0} MB |",
+            cpu * 100.0
         );
     }
     Ok(())

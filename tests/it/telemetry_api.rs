@@ -1065,7 +1065,7 @@ on_both!(provisioning_a_device, |backend| async move {
             json!({"id": "bologna-x", "class": "presence_sensor", "resource_id": room_id, "zone_id": another_zone}),
             "zone_id",
         ),
-        (json!({"id": "x".repeat(65), "class": "env_sensor"}), "id"),
+        (json!({"id": "x".repeat(129), "class": "env_sensor"}), "id"),
     ];
     for (body, name) in bad {
         let r = post(&app, Some(&manager), &path, body, None).await;
