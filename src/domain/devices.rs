@@ -22,7 +22,8 @@ pub fn gateway_id(site_id: &str) -> String {
     format!("{site_id}-gw")
 }
 
-fn model_of(class: DeviceClass) -> &'static str {
+/// The model the seed gives a device of each class.
+pub fn model_of(class: DeviceClass) -> &'static str {
     match class {
         DeviceClass::Gateway => "Spazi GW-2",
         DeviceClass::PvMeter => "Inverter meter PV-3",

@@ -250,6 +250,34 @@ struct Batch {
     newest_ts: i64,
 }
 
+impl Batch {
+    /// The rows of one message, and what the fleet will hear of them.
+    fn push_readings(&mut self, device: i32, ts: i64, seq: i64, values: Vec<(Metric, f64)>) {
+        let minute = ReadingRow::minute_of(ts);
+        let from = self.values.len();
+        for &(metric, value) in &values {
+            self.rows.push(ReadingRow {
+                minute,
+                device,
+                metric: metric.code(),
+                seq,
+                ts,
+                value,
+            });
+        }
+        self.values.extend(values);
+        self.heard.push((
+            device,
+            Heard::Readings {
+                ts,
+                from,
+                to: self.values.len(),
+            },
+        ));
+        self.newest_ts = self.newest_ts.max(ts);
+    }
+}
+
 impl Writer {
     fn new(p: Pipeline) -> Self {
         Writer {
@@ -324,27 +352,7 @@ impl Writer {
             };
             match decoded {
                 Decoded::Readings { ts, seq, values } => {
-                    let minute = ReadingRow::minute_of(ts);
-                    let from = d.values.len();
-                    for &(metric, value) in &values {
-                        d.rows.push(ReadingRow {
-                            minute,
-                            device: adm.num,
-                            metric: metric.code(),
-                            seq,
-                            ts,
-                            value,
-                        });
-                    }
-                    d.values.extend(values);
-                    d.heard.push((
-                        adm.num,
-                        Heard::Readings {
-                            ts,
-                            from,
-                            to: d.values.len(),
-                        },
-                    ));
+                    d.push_readings(adm.num, ts, seq, values);
                     d.newest_ts = d.newest_ts.max(ts);
                 }
                 Decoded::Event {
@@ -363,27 +371,7 @@ impl Writer {
                         body,
                     });
                     if !values.is_empty() {
-                        let minute = ReadingRow::minute_of(ts);
-                        let from = d.values.len();
-                        for &(metric, value) in &values {
-                            d.rows.push(ReadingRow {
-                                minute,
-                                device: adm.num,
-                                metric: metric.code(),
-                                seq,
-                                ts,
-                                value,
-                            });
-                        }
-                        d.values.extend(values);
-                        d.heard.push((
-                            adm.num,
-                            Heard::Readings {
-                                ts,
-                                from,
-                                to: d.values.len(),
-                            },
-                        ));
+                        d.push_readings(adm.num, ts, seq, values);
                     }
                     if let Some(active) = active {
                         d.heard.push((adm.num, Heard::Fault { active }));

@@ -158,18 +158,6 @@ pub fn polis_buildings(n: usize, seed: u64) -> Vec<(String, f64, f64)> {
         .collect()
 }
 
-fn model_name(class: DeviceClass) -> &'static str {
-    match class {
-        DeviceClass::Gateway => "Spazi GW-2",
-        DeviceClass::PvMeter => "Inverter meter PV-3",
-        DeviceClass::GridMeter => "Bidirectional meter M-4",
-        DeviceClass::EvCharger => "AC wallbox 22 kW",
-        DeviceClass::EnvSensor => "CO2/T/RH sensor E-1",
-        DeviceClass::PresenceSensor => "PIR desk sensor P-1",
-        DeviceClass::DoorReader => "QR/PIN door reader D-2",
-    }
-}
-
 /// The devices of a Polis building: a gateway, a PV meter, a grid meter, two chargers and an
 /// environment sensor (`{id}-gw`, `-pv`, `-grid`, `-evc-1`, `-evc-2`, `-env`).
 pub fn building_devices(id: &str) -> Vec<DeviceSpec> {
@@ -190,7 +178,7 @@ pub fn building_devices(id: &str) -> Vec<DeviceSpec> {
         zone_id: None,
         resource_id: None,
         gateway_id: (class != DeviceClass::Gateway).then(|| gw.clone()),
-        model: model_name(class).to_owned(),
+        model: crate::domain::devices::model_of(class).to_owned(),
         report_interval_s: class.report_interval_s(),
     })
     .collect()

@@ -86,18 +86,7 @@ pub async fn rig(backend: Backend, broker: Broker, adjust: impl FnOnce(Config) -
     rig
 }
 
-pub async fn wait(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub(crate) use crate::email::wait_until as wait;
 
 /// A device-side MQTT client that counts the broker's acknowledgements of its QoS 1 publishes.
 pub struct Device {
