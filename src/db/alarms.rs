@@ -4,7 +4,6 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::network::on_backend;
 use super::schema::alarms;
 use super::{write_transaction, DbConnection, DbError, DbResult};
 

@@ -5,7 +5,6 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::models::{Booking, OutboxRow};
-use super::network::on_backend;
 use super::schema::{allowance_usage, bookings, organizations, outbox};
 use super::{write_transaction, DbConnection, DbError};
 use crate::domain::policy::MAX_LENGTH;

@@ -4,7 +4,6 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::models::IdempotencyRecord;
-use super::network::on_backend;
 use super::schema::idempotency_keys;
 use super::{DbConnection, DbError};
 

@@ -3,6 +3,17 @@
 //! Every query runs on a fixed set of database threads fed by a bounded channel
 //! ([`Db::run`]), so async handlers never block on a connection checkout.
 
+/// Runs the same diesel expression on whichever backend the connection is; defined before the
+/// submodules so that each of them sees it.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Postgresql($c) => $body,
+        }
+    };
+}
+
 pub mod alarms;
 pub mod bookings;
 pub mod idempotency;

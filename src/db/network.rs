@@ -15,17 +15,6 @@ use crate::domain::network::SiteSpec;
 use crate::domain::opening_hours::{WeeklyHours, WeeklyHoursJson};
 use crate::domain::ResourceKind;
 
-/// Runs the same diesel expression on whichever backend the connection is.
-macro_rules! on_backend {
-    ($conn:expr, |$c:ident| $body:expr) => {
-        match $conn {
-            $crate::db::DbConnection::Sqlite($c) => $body,
-            $crate::db::DbConnection::Postgresql($c) => $body,
-        }
-    };
-}
-pub(crate) use on_backend;
-
 /// Inserts every site of `network`, and every device of those sites, not stored yet; returns
 /// how many rows were added.
 pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<usize> {

@@ -9,7 +9,6 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Double, Integer, SmallInt};
 
-use super::network::on_backend;
 use super::schema::{device_events, devices, readings, readings_15m};
 use super::{write_transaction, DbConnection, DbResult};
 use crate::domain::devices::DeviceSpec;

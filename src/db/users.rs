@@ -4,7 +4,6 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::models::{EmailVerification, Organization, OutboxRow, RefreshToken, Session, User};
-use super::network::on_backend;
 use super::schema::{
     email_verifications, organizations, outbox, refresh_tokens, sessions, site_managers, users,
 };

@@ -14,6 +14,6 @@ mod mosquitto;
 mod network;
 mod ops;
 mod simulator;
-mod telemetry_api;
 mod telemetry;
+mod telemetry_api;
 mod telemetry_crash;
