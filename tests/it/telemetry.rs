@@ -855,3 +855,69 @@ async fn alarms_follow_the_readings(backend: Backend) {
 }
 
 on_both!(alarm_rules, |b| alarms_follow_the_readings(b));
+
+/// Raw readings and device events past the retention period go; the roll-ups stay.
+async fn retention_removes_old_raw_rows(backend: Backend) {
+    let app = crate::helpers::spawn(backend).await;
+    let num = app.state.fleet.get("bologna-grid").expect("device").num;
+    let day = 86_400_000;
+    let now = now_ms();
+    let rows: Vec<spazi::db::telemetry::ReadingRow> = [40 * day, 31 * day, 29 * day, 1000]
+        .iter()
+        .enumerate()
+        .map(|(i, age)| spazi::db::telemetry::ReadingRow {
+            minute: spazi::db::telemetry::ReadingRow::minute_of(now - age),
+            device: num,
+            metric: Metric::PW.code(),
+            seq: i as i64,
+            ts: now - age,
+            value: i as f64,
+        })
+        .collect();
+    let events = vec![spazi::db::telemetry::EventRow {
+        device: num,
+        seq: 99,
+        ts: now - 35 * day,
+        kind: "door".into(),
+        body: r#"{"open":true}"#.into(),
+    }];
+    let rollup = spazi::db::telemetry::RollupRow {
+        device: num,
+        metric: Metric::PW.code(),
+        bucket: now - 40 * day - (now - 40 * day).rem_euclid(QUARTER_MS),
+        n: 1,
+        min: 0.0,
+        max: 0.0,
+        sum: 0.0,
+        last: 0.0,
+        last_ts: now - 40 * day,
+        delta: None,
+        epoch: None,
+    };
+    let removed = app
+        .state
+        .db
+        .run(move |c| {
+            spazi::db::telemetry::insert_batch(c, &rows, &events)?;
+            spazi::db::telemetry::upsert_rollups(c, &[rollup])?;
+            spazi::db::telemetry::delete_raw_before(c, now - 30 * day)
+        })
+        .await
+        .expect("retention");
+    assert_eq!(removed, 3, "two readings and one event past 30 days");
+    assert_eq!(stored(&app).await, 2);
+    let (events, rollups) = app
+        .state
+        .db
+        .run(|c| {
+            Ok::<_, spazi::db::DbError>((
+                spazi::db::telemetry::count_events(c)?,
+                readings_15m::table.count().get_result::<i64>(c)?,
+            ))
+        })
+        .await
+        .expect("counts");
+    assert_eq!((events, rollups), (0, 1));
+}
+
+on_both!(retention, |b| retention_removes_old_raw_rows(b));
