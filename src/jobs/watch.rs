@@ -41,6 +41,11 @@ impl From<&TelemetryConfig> for Thresholds {
 /// limit does not raise and clear in turn.
 const CO2_HYSTERESIS: f64 = 0.05;
 const TEMP_HYSTERESIS_C: f64 = 0.5;
+/// How often device health (status, last seen) is written back; the API reads the fleet, so this
+/// only serves a restart.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+/// How long changed devices gather before they are judged.
+const CHANGE_DEBOUNCE: Duration = Duration::from_millis(250);
 
 pub struct Watch {
     db: Db,
@@ -95,25 +100,36 @@ impl Watch {
         }
     }
 
+    /// Sweeps the fleet every `every`; between sweeps, judges changed devices as they change,
+    /// a few times a second at most.
     pub async fn run(mut self, every: Duration) {
         let mut last_save = Instant::now();
+        let mut next_sweep = tokio::time::Instant::now() + every;
         loop {
-            tokio::select! {
-                _ = self.fleet.changed() => {}
-                _ = tokio::time::sleep(every) => {}
+            let sweep = tokio::select! {
+                _ = self.fleet.changed() => false,
+                _ = tokio::time::sleep_until(next_sweep) => true,
+            };
+            if sweep {
+                next_sweep = tokio::time::Instant::now() + every;
+            } else {
+                // Let a burst of changes gather into one round.
+                tokio::time::sleep(CHANGE_DEBOUNCE.min(every)).await;
             }
-            self.tick().await;
-            if last_save.elapsed() >= every.max(Duration::from_secs(5)) {
+            self.tick(sweep).await;
+            if last_save.elapsed() >= SAVE_EVERY {
                 self.save_health().await;
                 last_save = Instant::now();
             }
         }
     }
 
-    /// One round: silent devices, changed devices, doors held open.
-    pub async fn tick(&mut self) {
+    /// One round: silent devices (when `sweep`), changed devices, doors held open.
+    pub async fn tick(&mut self, sweep: bool) {
         let now = Utc::now().timestamp_millis();
-        self.fleet.sweep_silent(now);
+        if sweep {
+            self.fleet.sweep_silent(now);
+        }
         if self
             .booked_loaded
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
