@@ -11,12 +11,14 @@
 //! commit but before the acknowledgements makes the broker redeliver messages that the
 //! primary key then absorbs.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, Publish, QoS};
+use tokio::task::JoinHandle;
 
 use crate::db::telemetry::{insert_batch, learn_device, EventRow, NewDevice, ReadingRow, Stored};
 use crate::db::{Db, DbError};
@@ -28,6 +30,9 @@ use crate::metrics::Metrics;
 
 /// Messages per committed batch, at most.
 pub const MAX_BATCH: usize = 5_000;
+/// Batches committing at once. They are finished (fleet updated, messages acknowledged) in the
+/// order they arrived, whatever order their commits end in.
+const MAX_COMMITS: usize = 3;
 /// The service's own birth and last will.
 pub const SERVER_STATUS_TOPIC: &str = "spazi/v1/_server/status";
 
@@ -165,16 +170,39 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     let writer_client = client.clone();
     tokio::spawn(async move {
         let mut writer = Writer::new(pipeline);
-        while let Ok(first) = rx.recv_async().await {
-            let mut batch = Vec::with_capacity(64);
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+        // Commits in flight, oldest first; they finish (fleet, acknowledgements) in this order.
+        let mut pending: VecDeque<(JoinHandle<Stored>, Arc<Batch>, Vec<Incoming>)> =
+            VecDeque::new();
+        loop {
+            let first = if pending.is_empty() {
+                match rx.recv_async().await {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                }
+            } else {
+                rx.try_recv().ok()
+            };
+            if let Some(first) = first {
+                let mut batch = Vec::with_capacity(64);
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                let prepared = Arc::new(writer.prepare(&batch).await);
+                let commit = tokio::spawn(commit(writer.p.clone(), prepared.clone()));
+                pending.push_back((commit, prepared, batch));
+                if pending.len() < MAX_COMMITS {
+                    continue;
                 }
             }
-            writer.process(&batch).await;
+            let Some((commit, prepared, batch)) = pending.pop_front() else {
+                continue;
+            };
+            let stored = commit.await.unwrap_or_default();
+            writer.finish(&prepared, stored);
             let current = generation.load(Ordering::SeqCst);
             for m in &batch {
                 // An acknowledgement belongs to the connection that delivered the message; after
@@ -293,7 +321,8 @@ impl Writer {
         }
     }
 
-    async fn process(&mut self, batch: &[Incoming]) {
+    /// Decodes a batch against the contract, learning devices from their `meta` first.
+    async fn prepare(&mut self, batch: &[Incoming]) -> Batch {
         let metrics = self.p.metrics.clone();
         let t = &metrics.telemetry;
         t.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -382,7 +411,12 @@ impl Writer {
                 Decoded::CmdResult { .. } | Decoded::Meta(_) => {}
             }
         }
-        let stored = self.commit(&d).await;
+        d
+    }
+
+    /// Counts what a committed batch stored and tells the fleet.
+    fn finish(&self, d: &Batch, stored: Stored) {
+        let t = &self.p.metrics.telemetry;
         let groups = d.rows.len() + d.events.len();
         let written = stored.readings + stored.events;
         if groups > written {
@@ -401,79 +435,6 @@ impl Writer {
             );
         }
         self.p.fleet.apply(&d.heard, &d.values, now_ms());
-    }
-
-    /// Commits the batch, retrying while the database is unreachable. A batch the database
-    /// refuses outright is written message by message, so one bad row cannot hold the rest.
-    async fn commit(&mut self, d: &Batch) -> Stored {
-        if d.rows.is_empty() && d.events.is_empty() {
-            return Stored::default();
-        }
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let rows = d.rows.clone();
-            let events = d.events.clone();
-            match self
-                .p
-                .db
-                .run(move |c| insert_batch(c, &rows, &events))
-                .await
-            {
-                Ok(stored) => return stored,
-                Err(e @ (DbError::Unavailable(_) | DbError::Busy(_))) => {
-                    self.p
-                        .metrics
-                        .telemetry
-                        .batch_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    if self.log.allow() {
-                        tracing::warn!(error = %e, "telemetry batch not committed; retrying");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    self.p
-                        .metrics
-                        .telemetry
-                        .batch_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "telemetry batch refused; writing it row by row");
-                    return self.commit_one_by_one(d).await;
-                }
-            }
-        }
-    }
-
-    async fn commit_one_by_one(&mut self, d: &Batch) -> Stored {
-        let mut total = Stored::default();
-        for row in &d.rows {
-            let r = [*row];
-            match self.p.db.run(move |c| insert_batch(c, &r, &[])).await {
-                Ok(s) => total.readings += s.readings,
-                Err(e) => self.reject(
-                    "readings",
-                    Refusal {
-                        reason: Reject::Schema,
-                        detail: e.to_string(),
-                    },
-                ),
-            }
-        }
-        for ev in &d.events {
-            let e = [ev.clone()];
-            match self.p.db.run(move |c| insert_batch(c, &[], &e)).await {
-                Ok(s) => total.events += s.events,
-                Err(e) => self.reject(
-                    "events",
-                    Refusal {
-                        reason: Reject::Schema,
-                        detail: e.to_string(),
-                    },
-                ),
-            }
-        }
-        total
     }
 
     /// Registers or updates a device from its retained `meta`.
@@ -560,4 +521,64 @@ impl Writer {
             ),
         }
     }
+}
+
+/// Commits a batch, retrying while the database is unreachable. A batch the database refuses
+/// outright is written message by message, so one bad row cannot hold the rest.
+async fn commit(p: Pipeline, d: Arc<Batch>) -> Stored {
+    if d.rows.is_empty() && d.events.is_empty() {
+        return Stored::default();
+    }
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let batch = d.clone();
+        match p
+            .db
+            .run(move |c| insert_batch(c, &batch.rows, &batch.events))
+            .await
+        {
+            Ok(stored) => return stored,
+            Err(e @ (DbError::Unavailable(_) | DbError::Busy(_))) => {
+                p.metrics
+                    .telemetry
+                    .batch_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                // The delay doubles up to 5 s, which bounds how often this is logged.
+                tracing::warn!(error = %e, "telemetry batch not committed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                p.metrics
+                    .telemetry
+                    .batch_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "telemetry batch refused; writing it row by row");
+                return commit_one_by_one(&p, &d).await;
+            }
+        }
+    }
+}
+
+async fn commit_one_by_one(p: &Pipeline, d: &Batch) -> Stored {
+    let mut total = Stored::default();
+    let refused = |what: &str, e: DbError| {
+        p.metrics.telemetry.rejected[Reject::Schema.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(what, error = %e, "telemetry row refused by the database");
+    };
+    for row in &d.rows {
+        let r = [*row];
+        match p.db.run(move |c| insert_batch(c, &r, &[])).await {
+            Ok(s) => total.readings += s.readings,
+            Err(e) => refused("reading", e),
+        }
+    }
+    for ev in &d.events {
+        let e = [ev.clone()];
+        match p.db.run(move |c| insert_batch(c, &[], &e)).await {
+            Ok(s) => total.events += s.events,
+            Err(e) => refused("event", e),
+        }
+    }
+    total
 }
