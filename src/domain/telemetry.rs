@@ -601,6 +601,21 @@ fn meta(map: &Map<String, Value>) -> Result<Meta, Refusal> {
     })
 }
 
+/// What is kept of an event's `m`: a badge's credential only as its SHA-256, so stored events
+/// never hold a working QR token or PIN.
+fn stored_body(kind: EvtKind, m: &Map<String, Value>) -> String {
+    let mut kept = m.clone();
+    if kind == EvtKind::Badge {
+        if let Some(Value::String(credential)) = kept.remove("credential") {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(credential.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            kept.insert("credential_sha256".into(), Value::String(hex));
+        }
+    }
+    Value::Object(kept).to_string()
+}
+
 /// Checks a payload against the contract for its topic kind.
 pub fn decode(kind: TopicKind<'_>, payload: &[u8], now_ms: i64) -> Result<Decoded, Refusal> {
     let map = parse_json(payload)?;
@@ -620,7 +635,7 @@ pub fn decode(kind: TopicKind<'_>, payload: &[u8], now_ms: i64) -> Result<Decode
                 ts,
                 seq,
                 kind: k,
-                body: Value::Object(m.clone()).to_string(),
+                body: stored_body(k, m),
                 values,
                 active,
             })

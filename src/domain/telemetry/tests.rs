@@ -156,3 +156,18 @@ fn metric_codes_round_trip() {
         assert_eq!(Metric::from_name(m.name()), Some(m));
     }
 }
+
+#[test]
+fn badge_credentials_are_kept_only_as_a_hash() {
+    let d = decode(
+        TopicKind::Evt(EvtKind::Badge),
+        format!(r#"{{"v":1,"ts":{NOW},"seq":4,"m":{{"credential":"QR-SECRET-1234"}}}}"#).as_bytes(),
+        NOW,
+    )
+    .unwrap();
+    let Decoded::Event { body, .. } = d else {
+        panic!()
+    };
+    assert!(!body.contains("QR-SECRET-1234"), "{body}");
+    assert!(body.contains("credential_sha256"), "{body}");
+}
