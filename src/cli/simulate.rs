@@ -51,8 +51,19 @@ pub struct SimulateArgs {
     pub database_url: Option<String>,
 }
 
-/// Host, port and any credentials of an `mqtt://` (or `tcp://`) URL.
+/// Host, port and any credentials of an `mqtt://` (or `tcp://`) URL; `embedded` (the service's
+/// own default) means the embedded broker's address, `SPAZI_MQTT_EMBEDDED_LISTEN`.
 fn parse_broker(text: &str) -> anyhow::Result<(String, u16, Option<String>, Option<String>)> {
+    if text == "embedded" {
+        let listen = std::env::var("SPAZI_MQTT_EMBEDDED_LISTEN")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "127.0.0.1:1883".into());
+        let addr: std::net::SocketAddr = listen
+            .parse()
+            .with_context(|| format!("SPAZI_MQTT_EMBEDDED_LISTEN {listen:?} is not host:port"))?;
+        return Ok((addr.ip().to_string(), addr.port(), None, None));
+    }
     let url = url::Url::parse(text).with_context(|| format!("--broker {text:?} is not a URL"))?;
     match url.scheme() {
         "mqtt" | "tcp" => {}
@@ -162,6 +173,11 @@ mod tests {
         assert!(parse_broker("http://broker").is_err());
         assert!(parse_broker("broker:1883").is_err());
         assert!(parse_broker("mqtt://broker:0").is_err());
+        // The service's default names the embedded broker; with no override it is 1883 here.
+        if std::env::var("SPAZI_MQTT_EMBEDDED_LISTEN").is_err() {
+            let (host, port, _, _) = parse_broker("embedded").unwrap();
+            assert_eq!((host.as_str(), port), ("127.0.0.1", 1883));
+        }
     }
 
     #[test]
