@@ -6,8 +6,6 @@
 use std::collections::{BTreeSet, HashMap};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
@@ -16,7 +14,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::extract::{Auth, Errors, Query};
 use super::state::AppState;
-use super::views::{local_text, utc_text, Page};
+use super::views::{local_text, time_cursor, utc_text, Page};
 use crate::db::alarms::{self as store, AlarmFilter, AlarmRow};
 use crate::db::{users, utc, DbError};
 use crate::domain::access::Caller;
@@ -160,25 +158,6 @@ pub async fn live_of_site(state: &AppState, site_id: &str) -> Result<Vec<AlarmRo
     Ok(rows)
 }
 
-fn encode_cursor(at: NaiveDateTime, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.and_utc().timestamp_micros()))
-}
-
-fn decode_cursor(c: &str) -> Result<(NaiveDateTime, String), FieldError> {
-    let bad = || FieldError::new("cursor", "is not a cursor returned by this list");
-    let text =
-        String::from_utf8(URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let at = chrono::DateTime::from_timestamp_micros(micros)
-        .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
-        .ok_or_else(bad)?;
-    if id.is_empty() || id.contains('\0') {
-        return Err(bad());
-    }
-    Ok((at.naive_utc(), id.to_string()))
-}
-
 /// The sites whose alarms the caller asked for: `None` is every site.
 fn scope(
     state: &AppState,
@@ -229,7 +208,9 @@ pub async fn list(
                 .map_err(|e| FieldError::new("state", e)),
         )
     });
-    let after = q.str("cursor").and_then(|c| errors.take(decode_cursor(c)));
+    let after = q
+        .str("cursor")
+        .and_then(|c| errors.take(time_cursor::decode(c)));
     errors.finish()?;
     if sites.as_ref().is_some_and(|s| s.is_empty()) {
         return Ok(HttpResponse::Ok().json(Page::<AlarmOut> {
@@ -246,7 +227,7 @@ pub async fn list(
     let mut rows = state.db.run(move |c| store::list(c, &filter)).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|a| encode_cursor(a.raised_at, &a.id))
+        rows.last().map(|a| time_cursor::encode(a.raised_at, &a.id))
     } else {
         None
     };

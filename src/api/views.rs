@@ -104,3 +104,31 @@ pub mod offset_cursor {
             .ok_or_else(|| FieldError::new("cursor", "is not a cursor returned by this list"))
     }
 }
+
+/// Keyset cursors for lists ordered by a time and an id (newest first or oldest first).
+pub mod time_cursor {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use chrono::NaiveDateTime;
+
+    use crate::domain::FieldError;
+
+    pub fn encode(at: NaiveDateTime, id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.and_utc().timestamp_micros()))
+    }
+
+    pub fn decode(c: &str) -> Result<(NaiveDateTime, String), FieldError> {
+        let bad = || FieldError::new("cursor", "is not a cursor returned by this list");
+        let text =
+            String::from_utf8(URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?).map_err(|_| bad())?;
+        let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let at = chrono::DateTime::from_timestamp_micros(micros)
+            .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
+            .ok_or_else(bad)?;
+        if id.is_empty() || id.contains('\0') {
+            return Err(bad());
+        }
+        Ok((at.naive_utc(), id.to_string()))
+    }
+}

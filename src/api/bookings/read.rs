@@ -1,35 +1,17 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 
 use super::{booking_out, booking_url, mail_context, owner, place_of, BookingOut};
 use crate::api::error::ApiError;
 use crate::api::extract::{Auth, Errors, Query};
 use crate::api::state::AppState;
-use crate::api::views::Page;
+use crate::api::views::{time_cursor, Page};
 use crate::db::bookings::{self as store, BookingFilter};
 use crate::db::models::Booking;
 use crate::db::naive;
 use crate::domain::access::Caller;
 use crate::domain::{BookingStatus, FieldError};
 use crate::email::compose;
-
-fn encode_cursor(ts: chrono::NaiveDateTime, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{id}", ts.and_utc().timestamp_micros()))
-}
-
-fn decode_cursor(c: &str) -> Result<(chrono::NaiveDateTime, String), FieldError> {
-    let bad = || FieldError::new("cursor", "is not a cursor returned by this list");
-    let text =
-        String::from_utf8(URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let ts = chrono::DateTime::from_timestamp_micros(micros)
-        .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
-        .ok_or_else(bad)?;
-    Ok((ts.naive_utc(), id.to_string()))
-}
 
 /// Which bookings the caller asked for, and whether they may see them.
 fn scope(caller: &Caller, q: &Query, filter: &mut BookingFilter) -> Result<(), ApiError> {
@@ -86,7 +68,9 @@ pub async fn list(
     }
     filter.from = q.instant("from").and_then(|v| errors.take(v)).map(naive);
     filter.to = q.instant("to").and_then(|v| errors.take(v)).map(naive);
-    filter.after = q.str("cursor").and_then(|c| errors.take(decode_cursor(c)));
+    filter.after = q
+        .str("cursor")
+        .and_then(|c| errors.take(time_cursor::decode(c)));
     errors.finish()?;
     scope(&auth.caller, &q, &mut filter)?;
     let limit = filter.limit;
@@ -94,7 +78,7 @@ pub async fn list(
     let mut rows = state.db.run(move |c| store::list(c, &filter)).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|b| encode_cursor(b.starts_at, &b.id))
+        rows.last().map(|b| time_cursor::encode(b.starts_at, &b.id))
     } else {
         None
     };
