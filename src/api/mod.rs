@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
+pub mod readings;
 pub mod sites;
 pub mod state;
 pub mod throttle;
@@ -53,7 +54,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/devices/{device_id}", web::get().to(devices::get))
                 .route(
                     "/devices/{device_id}/readings",
-                    web::get().to(devices::readings),
+                    web::get().to(readings::readings),
                 )
                 .route("/alarms", web::get().to(alarms::list))
                 .route("/alarms/{alarm_id}/ack", web::post().to(alarms::ack))

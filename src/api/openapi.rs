@@ -1,7 +1,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{alarms, auth, bookings, devices, error, ops, sites, views};
+use super::{alarms, auth, bookings, devices, error, ops, readings, sites, views};
 
 struct BearerAuth;
 
@@ -29,12 +29,12 @@ impl Modify for BearerAuth {
         sites::list, sites::get, sites::resources, sites::availability,
         bookings::create::quote, bookings::create::create, bookings::read::list, bookings::read::get,
         bookings::read::ics, bookings::status::cancel, bookings::status::check_in,
-        devices::list, devices::provision, devices::get, devices::readings, devices::live,
+        devices::list, devices::provision, devices::get, readings::readings, devices::live,
         alarms::list, alarms::ack,
     ),
     components(schemas(error::Problem, crate::domain::FieldError, views::ResourceView, views::SiteRef, views::ZoneRef,
-        devices::DeviceView, devices::DeviceDetail, devices::LatestValue, devices::Readings, devices::ReadingItem,
-        devices::RawPoint, devices::AggregatePoint, devices::LiveView, devices::LiveDevice, devices::LiveValue,
+        devices::DeviceView, devices::DeviceDetail, devices::LatestValue, readings::Readings, readings::ReadingItem,
+        readings::RawPoint, readings::AggregatePoint, devices::LiveView, devices::LiveDevice, devices::LiveValue,
         devices::Occupancy, devices::ZoneOccupancy, devices::ProvisionRequest, devices::ProvisionedDevice,
         devices::MqttCredentials, devices::MqttTopics, alarms::AlarmOut, alarms::UserRef,
         crate::domain::DeviceClass, crate::domain::DeviceStatus, crate::domain::AlarmKind, crate::domain::AlarmState)),
