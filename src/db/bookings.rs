@@ -4,6 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::access::{self, CredentialRow, NewCredential};
 use super::models::{Booking, OutboxRow};
 use super::schema::{allowance_usage, bookings, organizations, outbox};
 use super::{write_transaction, DbConnection, DbError};
@@ -48,13 +49,15 @@ pub struct AllowanceCharge {
     pub minutes: i32,
 }
 
-/// Stores a booking, charges the allowance and queues its email, all or nothing.
+/// Stores a booking with its door credential, charges the allowance and queues its email, all or
+/// nothing. Returns the credential as issued (its PIN is the first candidate free at the site).
 pub fn create(
     conn: &mut DbConnection,
     booking: &Booking,
     charge: Option<&AllowanceCharge>,
-    mail: &OutboxRow,
-) -> Result<(), BookingWriteError> {
+    credential: &NewCredential,
+    mail: impl FnOnce(&CredentialRow) -> OutboxRow,
+) -> Result<CredentialRow, BookingWriteError> {
     write_transaction(conn, |conn| {
         if let Some(charge) = charge {
             consume_allowance(conn, charge)?;
@@ -63,9 +66,15 @@ pub fn create(
             diesel::insert_into(bookings::table)
                 .values(booking)
                 .execute(c)?;
-            diesel::insert_into(outbox::table).values(mail).execute(c)?;
         });
-        Ok(())
+        let issued = access::issue(conn, credential)?;
+        let mail = mail(&issued);
+        on_backend!(conn, |c| {
+            diesel::insert_into(outbox::table)
+                .values(&mail)
+                .execute(c)?;
+        });
+        Ok(issued)
     })
 }
 
@@ -174,14 +183,106 @@ pub fn cancel(
     now: NaiveDateTime,
     mail: &OutboxRow,
 ) -> Result<Booking, BookingWriteError> {
+    withdraw(conn, id, BookingStatus::Cancelled, now, mail)
+}
+
+/// Releases a confirmed booking nobody checked in to, refunds its allowance and queues the email.
+pub fn release(
+    conn: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+    mail: &OutboxRow,
+) -> Result<Booking, BookingWriteError> {
+    withdraw(conn, id, BookingStatus::Released, now, mail)
+}
+
+/// Ends a confirmed booking before its time (`to` is cancelled or released): the status change,
+/// the refund and the mail in one transaction.
+fn withdraw(
+    conn: &mut DbConnection,
+    id: &str,
+    to: BookingStatus,
+    now: NaiveDateTime,
+    mail: &OutboxRow,
+) -> Result<Booking, BookingWriteError> {
     write_transaction(conn, |conn| {
-        let booking = transition(conn, id, BookingStatus::Cancelled, now)?;
+        let booking = transition(conn, id, to, now)?;
         refund_allowance(conn, &booking)?;
         on_backend!(conn, |c| diesel::insert_into(outbox::table)
             .values(mail)
             .execute(c)?);
         Ok(booking)
     })
+}
+
+/// Confirmed bookings that started at or before `started_by` (and after `since`): candidates
+/// for release, as `(id, site_id, starts_at)`.
+pub fn unattended(
+    conn: &mut DbConnection,
+    since: NaiveDateTime,
+    started_by: NaiveDateTime,
+) -> Result<Vec<(String, String, NaiveDateTime)>, DbError> {
+    Ok(bookings::table
+        .filter(bookings::status.eq(BookingStatus::Confirmed.as_str()))
+        .filter(bookings::starts_at.le(started_by))
+        .filter(bookings::starts_at.gt(since))
+        .select((bookings::id, bookings::site_id, bookings::starts_at))
+        .order(bookings::starts_at)
+        .load(conn)?)
+}
+
+/// Active bookings overlapping `[from, to)` across the network, as
+/// `(resource_id, site_id, starts_at, ends_at)`.
+pub fn active_between(
+    conn: &mut DbConnection,
+    from: NaiveDateTime,
+    to: NaiveDateTime,
+) -> Result<Vec<(String, String, NaiveDateTime, NaiveDateTime)>, DbError> {
+    Ok(bookings::table
+        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+        .filter(bookings::starts_at.lt(to))
+        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
+        .filter(bookings::ends_at.gt(from))
+        .select((
+            bookings::resource_id,
+            bookings::site_id,
+            bookings::starts_at,
+            bookings::ends_at,
+        ))
+        .load(conn)?)
+}
+
+/// A booking as utilisation counts it.
+pub type HeldBooking = (
+    String,
+    String,
+    NaiveDateTime,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+);
+
+/// A site's bookings overlapping `[from, to)` that held their resource (all but cancelled), as
+/// `(resource_id, status, starts_at, ends_at, released_at)`.
+pub fn held_between(
+    conn: &mut DbConnection,
+    site_id: &str,
+    from: NaiveDateTime,
+    to: NaiveDateTime,
+) -> Result<Vec<HeldBooking>, DbError> {
+    Ok(bookings::table
+        .filter(bookings::site_id.eq(site_id))
+        .filter(bookings::status.ne(BookingStatus::Cancelled.as_str()))
+        .filter(bookings::starts_at.lt(to))
+        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
+        .filter(bookings::ends_at.gt(from))
+        .select((
+            bookings::resource_id,
+            bookings::status,
+            bookings::starts_at,
+            bookings::ends_at,
+            bookings::cancelled_at,
+        ))
+        .load(conn)?)
 }
 
 pub fn check_in(

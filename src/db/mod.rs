@@ -14,6 +14,7 @@ macro_rules! on_backend {
     };
 }
 
+pub mod access;
 pub mod alarms;
 pub mod bookings;
 pub mod idempotency;

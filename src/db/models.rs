@@ -76,6 +76,8 @@ pub struct Site {
     pub size: String,
     pub area_m2: i32,
     pub opening_hours: String,
+    /// Minutes after a booking's start before an unused booking is released.
+    pub no_show_grace_minutes: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -62,6 +62,7 @@ fn insert_site(conn: &mut DbConnection, spec: &SiteSpec) -> DbResult<()> {
         size: spec.size.as_str().to_string(),
         area_m2: spec.area_m2,
         opening_hours: hours,
+        no_show_grace_minutes: crate::domain::policy::NO_SHOW_GRACE_MINUTES,
     };
     let closures: Vec<SiteClosure> = spec
         .closures

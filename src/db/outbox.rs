@@ -7,6 +7,22 @@ use super::models::OutboxRow;
 use super::schema::outbox;
 use super::{write_transaction, DbConnection, DbError};
 
+impl OutboxRow {
+    /// A row due at once.
+    pub fn due(kind: &str, payload: String, now: NaiveDateTime) -> OutboxRow {
+        OutboxRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.to_string(),
+            payload,
+            created_at: now,
+            available_at: now,
+            attempts: 0,
+            last_error: None,
+            sent_at: None,
+        }
+    }
+}
+
 /// How long a claimed row stays invisible to other senders before it may be retried: longer than
 /// a batch takes (its sends run side by side and the SMTP client times out at 10 s), short enough
 /// that a crash mid-send delays the mail by well under a minute.

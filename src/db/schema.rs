@@ -70,6 +70,7 @@ diesel::table! {
         size -> Text,
         area_m2 -> Integer,
         opening_hours -> Text,
+        no_show_grace_minutes -> Integer,
     }
 }
 
@@ -242,7 +243,56 @@ diesel::table! {
 diesel::joinable!(users -> organizations (organization_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::table! {
+    access_credentials (booking_id) {
+        booking_id -> Text,
+        site_id -> Text,
+        token -> Text,
+        pin -> Text,
+        token_sha256 -> Text,
+        pin_sha256 -> Text,
+        valid_from -> Timestamp,
+        valid_until -> Timestamp,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    access_log (id) {
+        id -> Text,
+        site_id -> Text,
+        door_id -> Text,
+        zone_id -> Nullable<Text>,
+        at -> Timestamp,
+        badge_ts -> Nullable<Timestamp>,
+        badge_seq -> Nullable<BigInt>,
+        credential_sha256 -> Nullable<Text>,
+        booking_id -> Nullable<Text>,
+        user_id -> Nullable<Text>,
+        decision -> Text,
+        reason -> Nullable<Text>,
+        nonce -> Nullable<Text>,
+        latency_us -> BigInt,
+        anonymised -> Bool,
+    }
+}
+
+diesel::table! {
+    climate_commands (nonce) {
+        nonce -> Text,
+        site_id -> Text,
+        zone_id -> Text,
+        device_id -> Text,
+        mode -> Text,
+        t_c -> Double,
+        lights -> Bool,
+        issued_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(zones -> sites (site_id));
+diesel::joinable!(access_credentials -> bookings (booking_id));
 diesel::joinable!(resources -> zones (zone_id));
 diesel::joinable!(resources -> sites (site_id));
 diesel::joinable!(bookings -> resources (resource_id));
@@ -271,4 +321,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     device_events,
     readings_15m,
     alarms,
+    access_credentials,
+    access_log,
+    climate_commands,
 );

@@ -336,6 +336,36 @@ pub fn device_readings(
     Ok(out)
 }
 
+/// Several devices' raw readings of one metric in `[from_ms, to_ms)`, as `(device, ts, value)`
+/// in time order: a range scan of the minutes, filtered.
+pub fn metric_readings(
+    conn: &mut DbConnection,
+    devices: &[i32],
+    metric: i16,
+    from_ms: i64,
+    to_ms: i64,
+) -> DbResult<Vec<(i32, i64, f64)>> {
+    if devices.is_empty() || from_ms >= to_ms {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<(i32, i64, f64)> = Vec::new();
+    for chunk in devices.chunks(500) {
+        out.extend(
+            readings::table
+                .filter(readings::minute.ge(ReadingRow::minute_of(from_ms)))
+                .filter(readings::minute.le(ReadingRow::minute_of(to_ms - 1)))
+                .filter(readings::device.eq_any(chunk))
+                .filter(readings::metric.eq(metric))
+                .filter(readings::ts.ge(from_ms))
+                .filter(readings::ts.lt(to_ms))
+                .select((readings::device, readings::ts, readings::value))
+                .load::<(i32, i64, f64)>(conn)?,
+        );
+    }
+    out.sort_by_key(|r| (r.1, r.0));
+    Ok(out)
+}
+
 pub fn count_readings(conn: &mut DbConnection) -> DbResult<i64> {
     Ok(readings::table.count().get_result(conn)?)
 }

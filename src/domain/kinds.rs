@@ -156,3 +156,27 @@ mod tests {
         );
     }
 }
+
+string_enum!(
+    /// Why a door refused a credential; sent to the reader in `cmd/deny` and kept in the access log.
+    DenyReason {
+        Malformed => "malformed",
+        Replayed => "replayed",
+        UnknownCredential => "unknown_credential",
+        WrongSite => "wrong_site",
+        WrongZone => "wrong_zone",
+        NotYetValid => "not_yet_valid",
+        Expired => "expired",
+        Cancelled => "cancelled",
+        Released => "released",
+    }
+);
+
+string_enum!(
+    /// What a zone's heating, cooling and lights are told to do.
+    ClimateMode {
+        Comfort => "comfort",
+        Eco => "eco",
+        Precondition => "precondition",
+    }
+);

@@ -1,6 +1,7 @@
 //! Pure types and rules of the booking domain: no I/O, no actix, diesel or rumqttc.
 
 pub mod access;
+pub mod access_control;
 pub mod devices;
 pub mod geo;
 pub mod holidays;
@@ -15,7 +16,8 @@ pub mod telemetry;
 pub mod time_range;
 
 pub use kinds::{
-    AlarmKind, AlarmState, BookingStatus, DeviceClass, DeviceStatus, ResourceKind, Role,
+    AlarmKind, AlarmState, BookingStatus, ClimateMode, DenyReason, DeviceClass, DeviceStatus,
+    ResourceKind, Role,
 };
 pub use time_range::TimeRange;
 

@@ -36,6 +36,9 @@ pub const START_TOLERANCE: Duration = Duration::minutes(5);
 
 /// Check-in opens this long before the start.
 pub const CHECK_IN_EARLY: Duration = Duration::minutes(15);
+/// A booking not checked in this many minutes after its start is released, unless its site sets
+/// its own grace.
+pub const NO_SHOW_GRACE_MINUTES: i32 = 15;
 
 /// What a booking request is checked against.
 pub struct BookingContext<'a> {

@@ -601,16 +601,54 @@ fn meta(map: &Map<String, Value>) -> Result<Meta, Refusal> {
     })
 }
 
+/// A badge scan as the door decision reads it. Unlike [`decode`], a scan that breaks the contract
+/// is still answered (denied as `malformed`) as long as it carries a `seq` to answer to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadgeScan {
+    pub seq: Option<i64>,
+    pub ts: Option<i64>,
+    pub credential: Result<String, super::DenyReason>,
+}
+
+pub fn read_badge(payload: &[u8]) -> BadgeScan {
+    let value: Option<Value> = if payload.len() > MAX_PAYLOAD {
+        None
+    } else {
+        serde_json::from_slice(payload).ok()
+    };
+    let map = value.as_ref().and_then(Value::as_object);
+    let int = |k: &str| {
+        map.and_then(|m| m.get(k))
+            .and_then(Value::as_i64)
+            .filter(|n| *n >= 0)
+    };
+    let (seq, ts) = (int("seq"), int("ts"));
+    let credential = map
+        .filter(|m| m.get("v").and_then(Value::as_i64) == Some(1) && ts.is_some() && seq.is_some())
+        .and_then(|m| m.get("m"))
+        .and_then(Value::as_object)
+        .filter(|m| m.len() == 1)
+        .and_then(|m| m.get("credential"))
+        .and_then(Value::as_str)
+        .ok_or(super::DenyReason::Malformed)
+        .and_then(|c| super::access_control::check_credential(c).map(str::to_owned));
+    BadgeScan {
+        seq,
+        ts,
+        credential,
+    }
+}
+
 /// What is kept of an event's `m`: a badge's credential only as its SHA-256, so stored events
 /// never hold a working QR token or PIN.
 fn stored_body(kind: EvtKind, m: &Map<String, Value>) -> String {
     let mut kept = m.clone();
     if kind == EvtKind::Badge {
         if let Some(Value::String(credential)) = kept.remove("credential") {
-            use sha2::{Digest, Sha256};
-            let digest = Sha256::digest(credential.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            kept.insert("credential_sha256".into(), Value::String(hex));
+            kept.insert(
+                "credential_sha256".into(),
+                Value::String(super::access_control::credential_hash(&credential)),
+            );
         }
     }
     Value::Object(kept).to_string()

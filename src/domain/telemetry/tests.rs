@@ -171,3 +171,26 @@ fn badge_credentials_are_kept_only_as_a_hash() {
     assert!(!body.contains("QR-SECRET-1234"), "{body}");
     assert!(body.contains("credential_sha256"), "{body}");
 }
+
+#[test]
+fn a_badge_scan_needs_its_envelope_to_carry_a_credential() {
+    let ok = read_badge(br#"{"v":1,"ts":5,"seq":7,"m":{"credential":"123456"}}"#);
+    assert_eq!((ok.seq, ok.ts), (Some(7), Some(5)));
+    assert_eq!(ok.credential.as_deref(), Ok("123456"));
+    for bad in [
+        &br#"{"v":1,"ts":5,"m":{"credential":"123456"}}"#[..],
+        br#"{"v":2,"ts":5,"seq":7,"m":{"credential":"123456"}}"#,
+        br#"{"v":1,"ts":5,"seq":7,"m":{"credential":123456}}"#,
+        br#"{"v":1,"ts":5,"seq":7,"m":{"credential":"1","x":1}}"#,
+        br#"{"v":1,"ts":5,"seq":7,"m":{"credential":""}}"#,
+        b"not json",
+    ] {
+        assert_eq!(
+            read_badge(bad).credential,
+            Err(crate::domain::DenyReason::Malformed),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(read_badge(br#"{"v":1,"ts":5,"m":{}}"#).seq, None);
+}

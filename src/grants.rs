@@ -1,0 +1,286 @@
+//! Every door credential that matters now (windows ending within the last day or later), in
+//! memory, so a badge is decided without a database round trip. The API and the release job
+//! change it the moment a booking changes; the grant publisher republishes the sites marked here
+//! and announces the changed bookings on `spazi/v1/_server/grants`, so every other instance
+//! reloads them from the database within moments.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::db::access::GrantRow;
+use crate::domain::access_control::{Grant, GrantState};
+use crate::domain::BookingStatus;
+
+#[derive(Default)]
+struct Inner {
+    by_hash: HashMap<String, Vec<Arc<Grant>>>,
+    by_booking: HashMap<String, Arc<Grant>>,
+    by_site: HashMap<String, HashSet<String>>,
+}
+
+impl Inner {
+    fn remove(&mut self, booking_id: &str) {
+        let Some(old) = self.by_booking.remove(booking_id) else {
+            return;
+        };
+        for hash in [&old.token_sha256, &old.pin_sha256] {
+            if let Some(list) = self.by_hash.get_mut(hash) {
+                list.retain(|g| g.booking_id != booking_id);
+                if list.is_empty() {
+                    self.by_hash.remove(hash);
+                }
+            }
+        }
+        if let Some(set) = self.by_site.get_mut(&old.site_id) {
+            set.remove(booking_id);
+        }
+    }
+
+    fn insert(&mut self, g: Grant) {
+        self.remove(&g.booking_id);
+        let g = Arc::new(g);
+        self.by_hash
+            .entry(g.token_sha256.clone())
+            .or_default()
+            .push(g.clone());
+        if g.pin_sha256 != g.token_sha256 {
+            self.by_hash
+                .entry(g.pin_sha256.clone())
+                .or_default()
+                .push(g.clone());
+        }
+        self.by_site
+            .entry(g.site_id.clone())
+            .or_default()
+            .insert(g.booking_id.clone());
+        self.by_booking.insert(g.booking_id.clone(), g);
+    }
+}
+
+/// The credentials doors are decided against, and the sites whose grant list must be republished.
+#[derive(Default)]
+pub struct Grants {
+    inner: RwLock<Inner>,
+    dirty: Mutex<HashSet<String>>,
+    /// Bookings already checked in by this instance (so a second scan does not write again).
+    checked_in: Mutex<HashSet<String>>,
+    /// Bookings changed here, to be announced to the other instances.
+    announce: Mutex<Vec<String>>,
+    wake: tokio::sync::Notify,
+}
+
+/// A stored credential as doors see it; `None` for a booking that never opens a door again.
+pub fn grant_of(row: &GrantRow) -> Grant {
+    let state = match row.status.as_str() {
+        s if s == BookingStatus::Cancelled.as_str() => GrantState::Cancelled,
+        s if s == BookingStatus::Released.as_str() => GrantState::Released,
+        _ => GrantState::Active,
+    };
+    Grant {
+        booking_id: row.booking_id.clone(),
+        user_id: row.user_id.clone(),
+        site_id: row.site_id.clone(),
+        zone_id: row.zone_id.clone(),
+        resource_id: row.resource_id.clone(),
+        token_sha256: row.token_sha256.clone(),
+        pin_sha256: row.pin_sha256.clone(),
+        starts_ms: row.starts_at.and_utc().timestamp_millis(),
+        ends_ms: row.ends_at.and_utc().timestamp_millis(),
+        valid_from_ms: row.valid_from.and_utc().timestamp_millis(),
+        valid_until_ms: row.valid_until.and_utc().timestamp_millis(),
+        state,
+    }
+}
+
+impl Grants {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces every grant (all sites) and marks every site for republishing.
+    pub fn load_all(&self, rows: &[GrantRow], sites: impl IntoIterator<Item = String>) {
+        let mut fresh = Inner::default();
+        for r in rows {
+            fresh.insert(grant_of(r));
+        }
+        *self.write() = fresh;
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        dirty.extend(sites);
+        drop(dirty);
+        self.wake.notify_one();
+    }
+
+    /// Replaces one site's grants with what the database holds.
+    pub fn load_site(&self, site_id: &str, rows: &[GrantRow]) {
+        let mut inner = self.write();
+        let old: Vec<String> = inner
+            .by_site
+            .get(site_id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in old {
+            inner.remove(&id);
+        }
+        for r in rows {
+            inner.insert(grant_of(r));
+        }
+    }
+
+    /// Adds or replaces one booking's grant after a change made here: marks its site and
+    /// announces the change to the other instances.
+    pub fn upsert(&self, row: &GrantRow) {
+        self.upsert_from_peer(row);
+        self.note(&row.booking_id);
+    }
+
+    /// Adds or replaces one booking's grant after another instance announced a change.
+    pub fn upsert_from_peer(&self, row: &GrantRow) {
+        self.write().insert(grant_of(row));
+        self.mark(&row.site_id);
+    }
+
+    fn note(&self, booking_id: &str) {
+        self.announce
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(booking_id.to_owned());
+        self.wake.notify_one();
+    }
+
+    /// The bookings changed here since the last call.
+    pub fn take_announcements(&self) -> Vec<String> {
+        std::mem::take(&mut *self.announce.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reloads one booking's grant from the database (after the API created or changed it).
+    pub async fn refresh(&self, db: &crate::db::Db, booking_id: &str) {
+        let id = booking_id.to_owned();
+        match db.run(move |c| crate::db::access::grant(c, &id)).await {
+            Ok(Some(row)) => self.upsert(&row),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(booking = booking_id, error = %e, "grant not refreshed"),
+        }
+    }
+
+    /// A booking stops opening doors at once (cancelled or released); its site is marked.
+    pub fn revoke(&self, booking_id: &str, state: GrantState) {
+        let site = {
+            let mut inner = self.write();
+            let Some(old) = inner.by_booking.get(booking_id).cloned() else {
+                return;
+            };
+            let mut g = (*old).clone();
+            g.state = state;
+            let site = g.site_id.clone();
+            inner.insert(g);
+            site
+        };
+        self.mark(&site);
+        self.note(booking_id);
+    }
+
+    /// The grants whose token or PIN hashes to `hash`.
+    pub fn candidates(&self, hash: &str) -> Vec<Arc<Grant>> {
+        self.read().by_hash.get(hash).cloned().unwrap_or_default()
+    }
+
+    pub fn get(&self, booking_id: &str) -> Option<Arc<Grant>> {
+        self.read().by_booking.get(booking_id).cloned()
+    }
+
+    /// Every grant of a site.
+    pub fn site(&self, site_id: &str) -> Vec<Arc<Grant>> {
+        let inner = self.read();
+        inner
+            .by_site
+            .get(site_id)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| inner.by_booking.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The active grant of a resource whose booking is on at `ts`, or else the next one starting
+    /// within the check-in lead, for a presence sensor's check-in.
+    pub fn booked_at(
+        &self,
+        site_id: &str,
+        resource_id: &str,
+        ts: i64,
+        lead_ms: i64,
+    ) -> Option<Arc<Grant>> {
+        self.site(site_id)
+            .into_iter()
+            .filter(|g| {
+                g.resource_id == resource_id
+                    && g.state == GrantState::Active
+                    && g.starts_ms - lead_ms <= ts
+                    && ts < g.ends_ms
+            })
+            .min_by_key(|g| (g.starts_ms > ts, g.starts_ms))
+    }
+
+    /// Forgets that this instance checked a booking in (its write failed), so it is tried again.
+    pub fn check_in_failed(&self, booking_id: &str) {
+        self.checked_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(booking_id);
+    }
+
+    /// Whether this instance has not yet checked this booking in; records that it now has.
+    pub fn first_check_in(&self, booking_id: &str) -> bool {
+        self.checked_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(booking_id.to_owned())
+    }
+
+    /// Forgets grants whose window ended before `before_ms`.
+    pub fn prune(&self, before_ms: i64) {
+        let mut inner = self.write();
+        let old: Vec<String> = inner
+            .by_booking
+            .values()
+            .filter(|g| g.valid_until_ms < before_ms)
+            .map(|g| g.booking_id.clone())
+            .collect();
+        let mut seen = self.checked_in.lock().unwrap_or_else(|p| p.into_inner());
+        for id in old {
+            inner.remove(&id);
+            seen.remove(&id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().by_booking.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks a site's grant list for republishing and wakes the publisher.
+    pub fn mark(&self, site_id: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(site_id.to_owned());
+        self.wake.notify_one();
+    }
+
+    pub fn take_dirty(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until a site is marked.
+    pub async fn changed(&self) {
+        self.wake.notified().await
+    }
+}
