@@ -52,6 +52,19 @@ pub struct TelemetryConfig {
     pub temp_min_c: f64,
     pub temp_max_c: f64,
     pub door_held_secs: u64,
+    /// How long an unlock or deny command may be executed after it is issued, ms.
+    pub unlock_ttl_ms: i64,
+    /// How long a door stays unlocked, s.
+    pub unlock_secs: i64,
+    /// Seconds between passes of the no-show release.
+    pub release_secs: u64,
+    /// Seconds between passes of the zone climate control.
+    pub climate_secs: u64,
+    /// Setpoints for comfort (and pre-conditioning) and for setback, °C.
+    pub comfort_t_c: f64,
+    pub eco_t_c: f64,
+    /// Badge events and person-linked access records are anonymised after this many days.
+    pub personal_retention_days: u32,
 }
 
 impl Default for TelemetryConfig {
@@ -69,6 +82,13 @@ impl Default for TelemetryConfig {
             temp_min_c: 16.0,
             temp_max_c: 28.0,
             door_held_secs: 60,
+            unlock_ttl_ms: 5_000,
+            unlock_secs: 5,
+            release_secs: 30,
+            climate_secs: 30,
+            comfort_t_c: 21.0,
+            eco_t_c: 16.0,
+            personal_retention_days: 90,
         }
     }
 }
@@ -131,6 +151,17 @@ impl TelemetryConfig {
             temp_min_c: parsed("SPAZI_TEMP_MIN_C", d.temp_min_c)?,
             temp_max_c: parsed("SPAZI_TEMP_MAX_C", d.temp_max_c)?,
             door_held_secs: parsed("SPAZI_DOOR_HELD_SECS", d.door_held_secs)?.max(1),
+            unlock_ttl_ms: parsed("SPAZI_UNLOCK_TTL_MS", d.unlock_ttl_ms)?.clamp(100, 60_000),
+            unlock_secs: parsed("SPAZI_UNLOCK_SECS", d.unlock_secs)?.clamp(1, 3600),
+            release_secs: parsed("SPAZI_RELEASE_SECS", d.release_secs)?.max(1),
+            climate_secs: parsed("SPAZI_CLIMATE_SECS", d.climate_secs)?.max(1),
+            comfort_t_c: parsed("SPAZI_COMFORT_T_C", d.comfort_t_c)?.clamp(5.0, 35.0),
+            eco_t_c: parsed("SPAZI_ECO_T_C", d.eco_t_c)?.clamp(5.0, 35.0),
+            personal_retention_days: parsed(
+                "SPAZI_PERSONAL_RETENTION_DAYS",
+                d.personal_retention_days,
+            )?
+            .max(1),
         })
     }
 }

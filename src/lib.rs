@@ -7,6 +7,7 @@ pub mod db;
 pub mod domain;
 pub mod email;
 pub mod fleet;
+pub mod grants;
 pub mod jobs;
 pub mod metrics;
 pub mod startup;

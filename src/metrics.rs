@@ -51,12 +51,98 @@ pub struct Telemetry {
     pub alarms_cleared: AtomicU64,
 }
 
+/// Counters of access control and the building's response to bookings.
+#[derive(Default)]
+pub struct Access {
+    pub granted: AtomicU64,
+    pub denied: AtomicU64,
+    /// Bookings checked in by a door or a presence sensor.
+    pub checked_in: AtomicU64,
+    /// No-shows released.
+    pub released: AtomicU64,
+    pub climate_commands: AtomicU64,
+    /// Badge received to answer queued, microseconds, by `DECISION_BUCKETS_US`.
+    decision_us: [AtomicU64; 8],
+    decision_us_sum: AtomicU64,
+}
+
+const DECISION_BUCKETS_US: [u64; 8] = [50, 100, 250, 500, 1_000, 2_500, 10_000, 100_000];
+
+impl Access {
+    pub fn observe_latency_us(&self, us: i64) {
+        let us = us.max(0) as u64;
+        for (i, b) in DECISION_BUCKETS_US.iter().enumerate() {
+            if us <= *b {
+                self.decision_us[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.decision_us_sum.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        for (name, help, v) in [
+            (
+                "spazi_access_granted_total",
+                "Badge scans that unlocked a door.",
+                &self.granted,
+            ),
+            (
+                "spazi_access_denied_total",
+                "Badge scans denied.",
+                &self.denied,
+            ),
+            (
+                "spazi_access_checked_in_total",
+                "Bookings checked in by a door or a presence sensor.",
+                &self.checked_in,
+            ),
+            (
+                "spazi_bookings_released_total",
+                "No-show bookings released.",
+                &self.released,
+            ),
+            (
+                "spazi_climate_commands_total",
+                "Zone climate commands sent.",
+                &self.climate_commands,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let name = "spazi_access_decision_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Badge received to answer queued.\n# TYPE {name} histogram"
+        );
+        for (i, b) in DECISION_BUCKETS_US.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {}",
+                *b as f64 / 1e6,
+                self.decision_us[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.granted.load(Ordering::Relaxed) + self.denied.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {count}",
+            self.decision_us_sum.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     pub events: Events,
     pub telemetry: Telemetry,
+    pub access: Access,
 }
 
 impl Metrics {
@@ -249,6 +335,7 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        self.access.render(&mut out);
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }

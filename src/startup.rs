@@ -21,11 +21,16 @@ use crate::db::{migrations, network, Db, DbConfig};
 use crate::domain::network::{generate, DEFAULT_SEED};
 use crate::email::{MailConfig, Mailer};
 use crate::fleet::Fleet;
+use crate::grants::Grants;
 use crate::jobs::housekeeping;
 use crate::jobs::mailer::MailJob;
+use crate::jobs::release::Release;
 use crate::jobs::watch::{Thresholds, Watch};
 use crate::jobs::{retention, rollup};
 use crate::metrics::Metrics;
+use crate::telemetry::climate::Climate;
+use crate::telemetry::doors::{AnswerBroker, Doors};
+use crate::telemetry::grant_lists;
 use crate::telemetry::ingest::{self, IngestOptions, Pipeline};
 
 pub struct Application {
@@ -69,6 +74,18 @@ impl Application {
                 .get(site)
                 .map_or(chrono_tz::Europe::Rome, |s| s.tz)
         });
+        let now = chrono::Utc::now().naive_utc();
+        let issued = db.run_blocking(move |c| crate::db::access::backfill(c, now))?;
+        if issued > 0 {
+            tracing::info!(
+                bookings = issued,
+                "door credentials issued to bookings that had none"
+            );
+        }
+        let grants = Arc::new(Grants::default());
+        let since = chrono::Utc::now().naive_utc() - chrono::Duration::days(1);
+        let rows = db.run_blocking(move |c| crate::db::access::grants(c, None, since))?;
+        grants.load_all(&rows, directory.sites.iter().map(|s| s.site.id.clone()));
         let mail_config = MailConfig::parse(&config.mail_url).context("SPAZI_MAIL_URL")?;
         let mailer = Mailer::new(&mail_config).context("setting up the mail transport")?;
         let metrics = Arc::new(Metrics::default());
@@ -82,6 +99,7 @@ impl Application {
             login_throttle: Default::default(),
             mqtt_addr: Some(mqtt_addr),
             fleet: fleet.clone(),
+            grants,
             config: config.clone(),
         });
         start_telemetry(&state, &config, mqtt_host, mqtt_port).await;
@@ -205,8 +223,26 @@ async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: Str
                     .is_none_or(|id| dir.resource(id).is_some_and(|r| r.resource.site_id == site));
                 zone_ok && resource_ok
             }),
+            doors: Some(Doors::start(
+                state.db.clone(),
+                state.grants.clone(),
+                state.fleet.clone(),
+                state.metrics.clone(),
+                t.unlock_ttl_ms,
+                t.unlock_secs,
+                // On the embedded broker the answers share the ingest connection and carry their
+                // expiry in the payload only; an external broker (Mosquitto) also gets an MQTT 5
+                // message expiry, so it drops an answer that waited too long.
+                matches!(config.mqtt, MqttConfig::External { .. }).then(|| AnswerBroker {
+                    host: host.clone(),
+                    port,
+                    client_id: format!("{}-doors", t.client_id),
+                    username: t.username.clone(),
+                    password: t.password.clone(),
+                }),
+            )),
         };
-        ingest::start(
+        let client = ingest::start(
             IngestOptions {
                 host,
                 port,
@@ -217,7 +253,50 @@ async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: Str
             },
             pipeline,
         );
+        let sites_state = state.clone();
+        tokio::spawn(grant_lists::publish_grants(
+            state.db.clone(),
+            state.grants.clone(),
+            state.fleet.clone(),
+            client.clone(),
+            Arc::new(move || {
+                sites_state
+                    .directory()
+                    .sites
+                    .iter()
+                    .map(|s| s.site.id.clone())
+                    .collect()
+            }),
+        ));
+        let dir_state = state.clone();
+        tokio::spawn(
+            Climate {
+                db: state.db.clone(),
+                fleet: state.fleet.clone(),
+                directory: Arc::new(move || dir_state.directory()),
+                client,
+                metrics: state.metrics.clone(),
+                every: Duration::from_secs(t.climate_secs),
+                comfort_c: t.comfort_t_c,
+                eco_c: t.eco_t_c,
+            }
+            .run(),
+        );
     }
+    let dir_state = state.clone();
+    tokio::spawn(
+        Release {
+            db: state.db.clone(),
+            grants: state.grants.clone(),
+            directory: Arc::new(move || dir_state.directory()),
+            metrics: state.metrics.clone(),
+            mail_waker: state.mail_waker.clone(),
+            public_url: config.public_url.clone(),
+            mail_from: config.mail_from.clone(),
+            every: Duration::from_secs(t.release_secs),
+        }
+        .run(),
+    );
     tokio::spawn(rollup::run(
         state.db.clone(),
         state.fleet.clone(),
@@ -226,6 +305,7 @@ async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: Str
     tokio::spawn(retention::run(
         state.db.clone(),
         t.raw_retention_days,
+        t.personal_retention_days,
         Duration::from_secs(3600),
     ));
     let watch = Watch::start(

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ical::{self, CalendarEvent, Method};
 use super::templates::{self, BookingDetails};
 use super::transport::OutgoingMail;
+use crate::domain::access_control::qr_svg;
 
 /// A mail as stored in the outbox: everything needed to send it, nothing to look up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +18,9 @@ pub struct QueuedMail {
     pub text: String,
     /// iTIP method and iCalendar body.
     pub calendar: Option<(String, String)>,
+    /// An inline SVG image: file name and document.
+    #[serde(default)]
+    pub image: Option<(String, String)>,
 }
 
 impl QueuedMail {
@@ -28,6 +32,7 @@ impl QueuedMail {
             subject: self.subject,
             text: self.text,
             calendar: self.calendar,
+            image: self.image,
         }
     }
 }
@@ -40,6 +45,7 @@ pub fn verification(to: &str, name: &str, link: &str) -> QueuedMail {
         subject: m.subject,
         text: m.text,
         calendar: None,
+        image: None,
     }
 }
 
@@ -59,6 +65,7 @@ pub fn already_registered(to: &str, login_url: &str) -> QueuedMail {
         subject: "Hai già un account / You already have an account – Spazi per l'Italia".into(),
         text,
         calendar: None,
+        image: None,
     }
 }
 
@@ -77,7 +84,21 @@ pub struct BookingMail<'a> {
     pub created_at: DateTime<Utc>,
     pub booking_url: &'a str,
     pub organizer_email: &'a str,
+    /// The door credential, for the confirmation.
+    pub access: Option<AccessMail<'a>>,
 }
+
+/// A booking's door credential as its confirmation shows it.
+#[derive(Clone, Copy)]
+pub struct AccessMail<'a> {
+    pub pin: &'a str,
+    pub token: &'a str,
+    /// Where the owner finds the credential (`…/bookings/{id}/access`).
+    pub access_url: &'a str,
+}
+
+/// File name of the QR code attached to a confirmation.
+pub const QR_FILENAME: &str = "accesso-qr.svg";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BookingEvent {
@@ -100,6 +121,10 @@ pub fn booking(event: BookingEvent, b: &BookingMail) -> QueuedMail {
         starts_local: b.starts_at.with_timezone(&b.timezone),
         ends_local: b.ends_at.with_timezone(&b.timezone),
         booking_url: b.booking_url,
+        access: b
+            .access
+            .filter(|_| event == BookingEvent::Confirmed)
+            .map(|a| (a.pin, a.access_url)),
     };
     let (rendered, method, tag) = match event {
         BookingEvent::Confirmed => (
@@ -125,6 +150,10 @@ pub fn booking(event: BookingEvent, b: &BookingMail) -> QueuedMail {
         subject: rendered.subject,
         text: rendered.text,
         calendar: Some((method.as_str().to_string(), ics)),
+        image: b
+            .access
+            .filter(|_| event == BookingEvent::Confirmed)
+            .map(|a| (QR_FILENAME.to_string(), qr_svg(a.token))),
     }
 }
 

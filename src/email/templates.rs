@@ -23,6 +23,8 @@ pub struct BookingDetails<'a> {
     pub starts_local: DateTime<Tz>,
     pub ends_local: DateTime<Tz>,
     pub booking_url: &'a str,
+    /// The door PIN and where the QR code is, for a confirmation.
+    pub access: Option<(&'a str, &'a str)>,
 }
 
 /// Address verification mail; `link` is the full URL carrying the token.
@@ -68,11 +70,17 @@ pub fn booking_confirmed(d: &BookingDetails) -> RenderedMail {
          {details}\n\
          \n\
          Quando arrivi, fai il check-in dalla prenotazione (si apre 15 minuti prima dell'inizio).\n\
+         {access}\
          \n\
          Gestisci la prenotazione: {url}\n",
         greeting = greeting("Ciao", &f.member),
         details = f.details_it(),
         url = f.url,
+        access = d.access.map_or(String::new(), |(pin, link)| format!(
+            "La porta si apre con il codice QR in allegato o con il PIN {pin}, da 15 minuti prima \
+             dell'inizio a 15 minuti dopo la fine; entrando fai anche il check-in.\n\
+             Codice QR e PIN: {link}\n"
+        )),
     );
     let en = format!(
         "{greeting}\n\
@@ -82,11 +90,17 @@ pub fn booking_confirmed(d: &BookingDetails) -> RenderedMail {
          {details}\n\
          \n\
          When you arrive, check in from your booking (check-in opens 15 minutes before the start).\n\
+         {access}\
          \n\
          Manage your booking: {url}\n",
         greeting = greeting("Hi", &f.member),
         details = f.details_en(),
         url = f.url,
+        access = d.access.map_or(String::new(), |(pin, link)| format!(
+            "The door opens with the attached QR code or with PIN {pin}, from 15 minutes before \
+             the start until 15 minutes after the end; coming in also checks you in.\n\
+             QR code and PIN: {link}\n"
+        )),
     );
     RenderedMail {
         subject: format!("Prenotazione confermata / Booking confirmed – {}", f.site),

@@ -77,6 +77,8 @@ pub struct OutgoingMail {
     pub text: String,
     /// iTIP method (`REQUEST` or `CANCEL`) and the iCalendar body.
     pub calendar: Option<(String, String)>,
+    /// An SVG image attached inline (the door QR code): file name and document.
+    pub image: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +216,12 @@ pub fn build_message(mail: &OutgoingMail) -> Result<Message, MailError> {
         .body(text_body(&mail.text));
 
     let message = match &mail.calendar {
-        None => builder.singlepart(text_part)?,
+        None => match image_part(mail)? {
+            None => builder.singlepart(text_part)?,
+            Some(image) => {
+                builder.multipart(MultiPart::mixed().singlepart(text_part).singlepart(image))?
+            }
+        },
         Some((method, ics)) => {
             let method = normalize_method(method)?;
             let inline_type =
@@ -229,14 +236,28 @@ pub fn build_message(mail: &OutgoingMail) -> Result<Message, MailError> {
                 .singlepart(calendar_part);
             let attachment =
                 Attachment::new(INVITE_FILENAME.to_owned()).body(text_body(ics), attachment_type);
-            builder.multipart(
-                MultiPart::mixed()
-                    .multipart(alternative)
-                    .singlepart(attachment),
-            )?
+            let mut mixed = MultiPart::mixed()
+                .multipart(alternative)
+                .singlepart(attachment);
+            if let Some(image) = image_part(mail)? {
+                mixed = mixed.singlepart(image);
+            }
+            builder.multipart(mixed)?
         }
     };
     Ok(message)
+}
+
+/// The inline SVG attachment, if the mail has one.
+fn image_part(mail: &OutgoingMail) -> Result<Option<SinglePart>, MailError> {
+    let Some((name, svg)) = &mail.image else {
+        return Ok(None);
+    };
+    let kind = content_type("image/svg+xml")?;
+    Ok(Some(
+        Attachment::new_inline_with_name(single_line(name), single_line(name))
+            .body(Body::new(svg.clone()), kind),
+    ))
 }
 
 /// Encodes text as 7bit when possible and quoted-printable otherwise, so the

@@ -1,8 +1,9 @@
-//! Background work: the outbox mailer, booking completion, telemetry roll-ups, retention, and
+//! Background work: the outbox mailer, booking completion, no-show release, telemetry roll-ups, retention, and
 //! the device-health and alarm watch.
 
 pub mod housekeeping;
 pub mod mailer;
+pub mod release;
 pub mod retention;
 pub mod rollup;
 pub mod watch;

@@ -22,11 +22,14 @@ use tokio::task::JoinHandle;
 
 use crate::db::telemetry::{insert_batch, learn_device, EventRow, NewDevice, ReadingRow, Stored};
 use crate::db::{Db, DbError};
+use crate::domain::telemetry::EvtKind;
 use crate::domain::telemetry::{
     decode, parse_topic, Decoded, Meta, Metric, Refusal, Reject, TopicKind,
 };
 use crate::fleet::{Fleet, Heard};
 use crate::metrics::Metrics;
+use crate::telemetry::doors::Doors;
+use crate::telemetry::grant_lists::GRANTS_NOTICE_TOPIC;
 
 /// Messages per committed batch, at most.
 pub const MAX_BATCH: usize = 5_000;
@@ -58,6 +61,7 @@ pub fn subscriptions(shared: bool) -> Vec<String> {
         format!("{share}spazi/v1/+/+/tele/+"),
         format!("{share}spazi/v1/+/+/evt/+"),
         format!("{share}spazi/v1/+/+/cmd/+/res"),
+        GRANTS_NOTICE_TOPIC.to_owned(),
     ]
 }
 
@@ -76,6 +80,8 @@ pub struct Pipeline {
     pub site_tz: SiteZone,
     /// Whether a zone (second) belongs to a site (first), and a resource (third) too.
     pub place_ok: PlaceCheck,
+    /// Door decisions and presence check-ins, when access control runs here.
+    pub doors: Option<Arc<Doors>>,
 }
 
 struct Incoming {
@@ -117,6 +123,7 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     let reader_generation = generation.clone();
     let filters = subscriptions(options.shared);
     let endpoint = format!("{}:{}", options.host, options.port);
+    let doors = pipeline.doors.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut errors = RateLimited::new(Duration::from_secs(30), 3);
@@ -144,6 +151,27 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
                     );
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if publish.topic == GRANTS_NOTICE_TOPIC {
+                        if let Some(doors) = &doors {
+                            doors.on_notice(&publish.payload);
+                        }
+                        let _ = reader_client.try_ack(&publish);
+                        continue;
+                    }
+                    if let Some(doors) = &doors {
+                        // A badge is answered here, before anything is stored: the door waits.
+                        if let Some(t) = parse_topic(&publish.topic) {
+                            if t.kind == TopicKind::Evt(EvtKind::Badge) {
+                                doors.on_badge(
+                                    &reader_client,
+                                    t.site,
+                                    t.device,
+                                    &publish.payload,
+                                    Instant::now(),
+                                );
+                            }
+                        }
+                    }
                     let generation = reader_generation.load(Ordering::SeqCst);
                     if tx
                         .send(Incoming {
@@ -435,6 +463,18 @@ impl Writer {
             );
         }
         self.p.fleet.apply(&d.heard, &d.values, now_ms());
+        if let Some(doors) = &self.p.doors {
+            for (num, heard) in &d.heard {
+                if let Heard::Readings { ts, from, to } = heard {
+                    let seen = d.values[*from..*to]
+                        .iter()
+                        .any(|&(m, v)| m == Metric::Occupied && v > 0.5);
+                    if seen {
+                        doors.on_presence(*num, *ts);
+                    }
+                }
+            }
+        }
     }
 
     /// Registers or updates a device from its retained `meta`.

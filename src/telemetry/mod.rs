@@ -1,6 +1,9 @@
 //! The building side: MQTT. For now, the broker embedded in the process.
 
 pub mod broker;
+pub mod climate;
+pub mod doors;
+pub mod grant_lists;
 pub mod ingest;
 pub mod mosquitto;
 pub mod simulate;

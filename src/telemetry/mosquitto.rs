@@ -214,7 +214,8 @@ pub fn service_acl(username: &str) -> String {
          user {username}\n\
          topic read {TOPIC_ROOT}/#\n\
          topic write {TOPIC_ROOT}/+/+/cmd/+\n\
-         topic write {TOPIC_ROOT}/{SERVER_BRANCH}/status\n"
+         topic write {TOPIC_ROOT}/{SERVER_BRANCH}/status\n\
+         topic write {TOPIC_ROOT}/{SERVER_BRANCH}/grants\n"
     )
 }
 

@@ -14,6 +14,12 @@
 //! device: `seq` starts at the simulator's boot time in epoch ms, and energy counters start from
 //! zero in a new `meter_epoch` (the boot time in epoch seconds). A planned stop publishes every
 //! device's `online:false` (the gateway's last) before DISCONNECT.
+//!
+//! The gateway also hears the commands for its site's devices (`spazi/v1/{site}/+/cmd/+`, QoS 1,
+//! subscribed again at each connection): doors carry out `unlock` and `deny`, environment
+//! sensors `setpoint`, chargers `charge_limit` (the new limit shows in their `tele/charger`), each
+//! answered on `cmd/{name}/res`; none is run at or after its `exp`, or twice for one nonce. The
+//! retained grant list on the gateway's `cmd/grants` is kept, the newest version only.
 
 mod model;
 mod schedule;
@@ -100,6 +106,8 @@ pub struct SimReport {
     pub duplicates: u64,
     /// Deliberately malformed messages.
     pub malformed: u64,
+    /// Commands heard for the simulated devices (grant lists included).
+    pub commands: u64,
     /// Failed connection attempts and dropped connections.
     pub connection_errors: u64,
     pub elapsed: Duration,
@@ -129,8 +137,8 @@ impl fmt::Display for SimReport {
         }
         write!(
             f,
-            "  duplicates {}, malformed {}, connection errors {}",
-            self.duplicates, self.malformed, self.connection_errors
+            "  duplicates {}, malformed {}, commands heard {}, connection errors {}",
+            self.duplicates, self.malformed, self.commands, self.connection_errors
         )
     }
 }
@@ -216,7 +224,7 @@ fn places(opts: &SimOptions) -> anyhow::Result<Vec<(Place, Vec<DeviceSpec>)>> {
     Ok(out)
 }
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "meta",
     "status",
     "tele/env",
@@ -229,12 +237,14 @@ const KINDS: [&str; 12] = [
     "evt/fault",
     "duplicate",
     "malformed",
+    "cmd/res",
 ];
 
 /// Counters shared by every site's tasks.
 struct Stats {
     by_kind: [AtomicU64; KINDS.len()],
     acked: AtomicU64,
+    commands: AtomicU64,
     connection_errors: AtomicU64,
     connected: AtomicI64,
     last_error: Mutex<Option<String>>,
@@ -245,6 +255,7 @@ impl Stats {
         Stats {
             by_kind: std::array::from_fn(|_| AtomicU64::new(0)),
             acked: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
             connection_errors: AtomicU64::new(0),
             connected: AtomicI64::new(0),
             last_error: Mutex::new(None),
@@ -400,6 +411,7 @@ pub async fn run(opts: SimOptions, stop: watch::Receiver<bool>) -> anyhow::Resul
     }
     report.published = stats.published();
     report.acked = stats.acked.load(Ordering::Relaxed);
+    report.commands = stats.commands.load(Ordering::Relaxed);
     report.duplicates = report.by_kind.get("duplicate").copied().unwrap_or(0);
     report.malformed = report.by_kind.get("malformed").copied().unwrap_or(0);
     report.connection_errors = stats.connection_errors.load(Ordering::Relaxed);
@@ -490,7 +502,7 @@ async fn site_task(
     let mut mqtt = MqttOptions::new(format!("sim-{}", sim.id()), opts.host.clone(), opts.port);
     mqtt.set_clean_session(true)
         .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(64 * 1024, 64 * 1024);
+        .set_max_packet_size(1 << 20, 64 * 1024);
     if let Some(user) = &opts.username {
         mqtt.set_credentials(user.clone(), opts.password.clone().unwrap_or_default());
     }
@@ -504,9 +516,11 @@ async fn site_task(
     eventloop.set_network_options(network);
     let (conn_tx, mut conn_rx) = watch::channel(0u64);
     let acked = Arc::new(AtomicU64::new(0));
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     let mut events = tokio::spawn(drive_eventloop(
         eventloop,
         conn_tx,
+        cmd_tx,
         stats.clone(),
         acked.clone(),
     ));
@@ -524,8 +538,11 @@ async fn site_task(
     let mut out = Vec::new();
     let mut sent = 0u64;
     conn_rx.borrow_and_update();
+    let filter = sim.command_filter();
+    let _ = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await;
     out.extend(sim.announce(now_ms()));
     let mut running = publish_all(&client, &mut out, &stats, &mut halt, &mut sent).await;
+    let mut grants_version = None;
     while running {
         let now = now_ms();
         let snapshot = bookings.as_ref().map(|rx| rx.borrow().clone());
@@ -542,10 +559,27 @@ async fn site_task(
                 if r.is_err() {
                     running = false;
                 } else {
-                    // A new connection with a clean session: say again what we are.
+                    // A new connection with a clean session: subscribe again, and say again
+                    // what we are.
+                    let _ = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await;
                     out.extend(sim.announce(now_ms()));
                     running = publish_all(&client, &mut out, &stats, &mut halt, &mut sent).await;
                 }
+            }
+            Some((topic, payload)) = cmd_rx.recv() => {
+                stats.commands.fetch_add(1, Ordering::Relaxed);
+                out.extend(sim.command(&topic, &payload, now_ms()));
+                let version = sim.grants().map(|g| g.version);
+                if version != grants_version {
+                    grants_version = version;
+                    tracing::debug!(
+                        site = sim.id(),
+                        version,
+                        grants = sim.grants().map_or(0, |g| g.grants.len()),
+                        "grant list kept"
+                    );
+                }
+                running = publish_all(&client, &mut out, &stats, &mut halt, &mut sent).await;
             }
         }
     }
@@ -585,11 +619,17 @@ async fn site_task(
     }
 }
 
-/// Polls the connection: counts acknowledgements, announces each new connection, reconnects
-/// with a growing pause after errors, and ends at the DISCONNECT or when the client is gone.
+/// Commands waiting for their site's task; more are dropped (and never answered), as a busy
+/// device would.
+const COMMAND_QUEUE: usize = 1_024;
+
+/// Polls the connection: counts acknowledgements, announces each new connection, hands the
+/// commands heard to the site's task, reconnects with a growing pause after errors, and ends at
+/// the DISCONNECT or when the client is gone.
 async fn drive_eventloop(
     mut eventloop: EventLoop,
     connected: watch::Sender<u64>,
+    commands: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
     stats: Arc<Stats>,
     acked: Arc<AtomicU64>,
 ) {
@@ -609,6 +649,11 @@ async fn drive_eventloop(
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 stats.acked.fetch_add(1, Ordering::Relaxed);
                 acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if commands.try_send((p.topic, p.payload.to_vec())).is_err() {
+                    tracing::debug!("command dropped: the site is busy");
+                }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 halting = true;

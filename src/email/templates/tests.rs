@@ -11,6 +11,7 @@ fn details() -> BookingDetails<'static> {
         starts_local: Rome.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap(),
         ends_local: Rome.with_ymd_and_hms(2026, 11, 30, 10, 0, 0).unwrap(),
         booking_url: "https://spazi.poste.it/bookings/42",
+        access: None,
     }
 }
 

@@ -8,6 +8,7 @@ fn sample(calendar: Option<(String, String)>) -> OutgoingMail {
         subject: "Booking confirmed - Spazi Bologna Centro".to_owned(),
         text: "Ciao Mario,\nthe booking is confirmed.\n".to_owned(),
         calendar,
+        image: None,
     }
 }
 

@@ -202,7 +202,8 @@ fn the_service_reads_everything_and_writes_commands_and_its_status() {
          user spazi-service\n\
          topic read spazi/v1/#\n\
          topic write spazi/v1/+/+/cmd/+\n\
-         topic write spazi/v1/_server/status\n"
+         topic write spazi/v1/_server/status\n\
+         topic write spazi/v1/_server/grants\n"
     );
 }
 

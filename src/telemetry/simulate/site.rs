@@ -15,10 +15,12 @@ use super::model::{
     ACH_VENTILATED, OUTDOOR_CO2_PPM,
 };
 use super::schedule::{exponential_ms, first_due, next_after, period_ms, Schedule};
+use crate::domain::access_control::{CommandRefusal, DoorLock, GrantList, UnlockCommand};
 use crate::domain::devices::DeviceSpec;
 use crate::domain::network::{SiteSize, SiteSpec};
 use crate::domain::opening_hours::WeeklyHours;
 use crate::domain::solar::{self, PvPlant};
+use crate::domain::telemetry::valid_id;
 use crate::domain::{DeviceClass, ResourceKind};
 
 /// The topic root of contract v1.
@@ -212,6 +214,8 @@ enum DevState {
     Door {
         zone: Option<usize>,
         open: bool,
+        /// Carries out `cmd/unlock`: never at or after `exp`, each nonce once.
+        lock: DoorLock,
     },
 }
 
@@ -355,6 +359,11 @@ pub struct SiteSim {
     physics_ms: Option<i64>,
     bookings_seen: bool,
     duplicate_next: bool,
+    /// The latest grant list the service left retained on the gateway (`cmd/grants`).
+    grants: Option<GrantList>,
+    /// Nonces of the commands other than unlocks already carried out, with their `exp` (after
+    /// which a command is refused anyway, so its nonce can be forgotten).
+    executed: HashMap<String, i64>,
 }
 
 impl SiteSim {
@@ -430,7 +439,11 @@ impl SiteSim {
                     });
                     DevState::Presence(presences.len() - 1)
                 }
-                DeviceClass::DoorReader => DevState::Door { zone, open: false },
+                DeviceClass::DoorReader => DevState::Door {
+                    zone,
+                    open: false,
+                    lock: DoorLock::default(),
+                },
             };
             devices.push(Device {
                 base: format!("{ROOT}/{}/{}/", place.id, spec.id),
@@ -493,6 +506,8 @@ impl SiteSim {
             physics_ms: None,
             bookings_seen: false,
             duplicate_next: false,
+            grants: None,
+            executed: HashMap::new(),
             place,
             cfg,
             rng,
@@ -548,6 +563,158 @@ impl SiteSim {
             .into_iter()
             .map(|i| self.status(i, now_ms, false))
             .collect()
+    }
+
+    /// The subscription through which the gateway hears the commands for every device of its
+    /// site (QoS 1; the contract's ACL lets a gateway read `spazi/v1/{site}/+/cmd/+`).
+    pub fn command_filter(&self) -> String {
+        format!("{ROOT}/{}/+/cmd/+", self.place.id)
+    }
+
+    /// The latest grant list the service left retained on the gateway, if any.
+    pub fn grants(&self) -> Option<&GrantList> {
+        self.grants.as_ref()
+    }
+
+    /// Carries out a command the service sent to one of the site's devices, at `now_ms`, as the
+    /// contract asks: never at or after its `exp`, each nonce at most once. Returns the reply
+    /// for `cmd/{name}/res`; nothing for a grant list (the gateway only keeps the newest), for a
+    /// topic that is not a command for a device of this site, and for a payload without a
+    /// nonce to answer to.
+    pub fn command(&mut self, topic: &str, payload: &[u8], now_ms: i64) -> Option<Outgoing> {
+        let rest = topic
+            .strip_prefix(ROOT)?
+            .strip_prefix('/')?
+            .strip_prefix(self.place.id.as_str())?
+            .strip_prefix('/')?;
+        let (device, name) = rest.split_once("/cmd/")?;
+        if !valid_id(name) {
+            return None;
+        }
+        let i = self.devices.iter().position(|d| d.spec.id == device)?;
+        // An empty payload clears a retained message: not JSON, nothing to do.
+        let body: Value = serde_json::from_slice(payload).ok()?;
+        if name == "grants" {
+            self.keep_grants(i, &body);
+            return None;
+        }
+        let nonce = body
+            .get("nonce")
+            .and_then(Value::as_str)
+            .filter(|n| (1..=64).contains(&n.len()))?
+            .to_owned();
+        let result = self.execute(i, name, &nonce, &body, now_ms);
+        let mut reply = vec![
+            ("v", json!(1)),
+            ("ts", json!(now_ms)),
+            ("nonce", json!(nonce)),
+            ("ok", json!(result.is_ok())),
+        ];
+        if let Err(error) = result {
+            reply.push(("error", json!(error)));
+        }
+        Some(Outgoing {
+            topic: format!("{topic}/res"),
+            payload: ordered(&reply),
+            retain: false,
+            kind: "cmd/res",
+        })
+    }
+
+    /// Keeps a grant list sent to the gateway, unless an older version than the one kept.
+    fn keep_grants(&mut self, i: usize, body: &Value) {
+        if Some(i) != self.gateway || body.get("v").and_then(Value::as_i64) != Some(1) {
+            return;
+        }
+        let Some(list) = body
+            .get("m")
+            .and_then(|m| serde_json::from_value::<GrantList>(m.clone()).ok())
+        else {
+            return;
+        };
+        if self
+            .grants
+            .as_ref()
+            .is_some_and(|g| list.version < g.version)
+        {
+            return;
+        }
+        self.grants = Some(list);
+    }
+
+    /// One command for device `i`: `Ok` if carried out, or the reply's error code.
+    fn execute(
+        &mut self,
+        i: usize,
+        name: &str,
+        nonce: &str,
+        body: &Value,
+        now: i64,
+    ) -> Result<(), &'static str> {
+        const BAD: &str = "bad_request";
+        if body.get("v").and_then(Value::as_i64) != Some(1) {
+            return Err(BAD);
+        }
+        let exp = body.get("exp").and_then(Value::as_i64).ok_or(BAD)?;
+        let m = body.get("m").and_then(Value::as_object).ok_or(BAD)?;
+        let int = |k: &str, lo: i64, hi: i64| {
+            m.get(k)
+                .and_then(Value::as_i64)
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or(BAD)
+        };
+        let num = |k: &str, lo: f64, hi: f64| {
+            m.get(k)
+                .and_then(Value::as_f64)
+                .filter(|x| (lo..=hi).contains(x))
+                .ok_or(BAD)
+        };
+        let one_of = |k: &str, allowed: &[&str]| {
+            m.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| allowed.contains(s))
+                .ok_or(BAD)
+        };
+        let mut limit_a = None;
+        match (name, &mut self.devices[i].state) {
+            ("unlock", DevState::Door { lock, .. }) => {
+                let cmd = UnlockCommand {
+                    nonce: nonce.to_owned(),
+                    exp,
+                    badge_seq: int("badge_seq", 0, i64::MAX)?,
+                    duration_s: int("duration_s", 1, 3_600)?,
+                };
+                return lock.unlock(&cmd, now).map_err(CommandRefusal::as_str);
+            }
+            ("deny", DevState::Door { .. }) => {
+                int("badge_seq", 0, i64::MAX)?;
+                let reason = m.get("reason").and_then(Value::as_str).ok_or(BAD)?;
+                if !(1..=64).contains(&reason.len()) {
+                    return Err(BAD);
+                }
+            }
+            ("setpoint", DevState::Env { .. }) => {
+                one_of("mode", &["comfort", "eco", "precondition"])?;
+                num("t_c", 5.0, 35.0)?;
+                one_of("lights", &["on", "off"])?;
+            }
+            ("charge_limit", DevState::Charger(_)) => limit_a = Some(num("limit_a", 0.0, 1_000.0)?),
+            _ => return Err("unsupported"),
+        }
+        if now >= exp {
+            return Err(CommandRefusal::Expired.as_str());
+        }
+        if self.executed.contains_key(nonce) {
+            return Err(CommandRefusal::Duplicate.as_str());
+        }
+        if self.executed.len() >= 4_096 {
+            self.executed.retain(|_, e| *e > now);
+        }
+        self.executed.insert(nonce.to_owned(), exp);
+        if let (Some(limit), DevState::Charger(c)) = (limit_a, &mut self.devices[i].state) {
+            c.limit_a = limit.round() as u32;
+        }
+        Ok(())
     }
 
     fn meta(&self, i: usize) -> Outgoing {
@@ -1436,6 +1603,161 @@ mod tests {
         assert_eq!(json!(round1(-0.0)).to_string(), "0.0");
         assert_eq!(json!(round1(-0.04)).to_string(), "0.0");
         assert_eq!(round1(-1234.56), -1234.6);
+    }
+
+    #[test]
+    fn commands_are_carried_out_once_and_never_late() {
+        let spec = site("roma");
+        let now = 1_781_686_800_000;
+        let mut sim = SiteSim::new(
+            Place::from_site(&spec),
+            site_devices(&spec),
+            cfg(false, 1.0),
+            now,
+        );
+        assert_eq!(sim.command_filter(), "spazi/v1/roma/+/cmd/+");
+        let door = "spazi/v1/roma/roma-door-main/cmd/unlock";
+        let unlock = |nonce: &str, exp: i64| {
+            format!(
+                r#"{{"v":1,"ts":{},"nonce":"{nonce}","exp":{exp},"m":{{"badge_seq":7,"duration_s":5}}}}"#,
+                exp - 5_000
+            )
+        };
+        // Each reply is a command result the service accepts, on the command's own `res` topic.
+        let answer = |sim: &mut SiteSim, topic: &str, payload: String, at: i64| {
+            let o = sim.command(topic, payload.as_bytes(), at).expect("a reply");
+            assert_eq!(o.topic, format!("{topic}/res"));
+            assert!(!o.retain);
+            let t = parse_topic(&o.topic).unwrap();
+            assert!(matches!(t.kind, TopicKind::CmdResult(_)));
+            assert!(decode(t.kind, &o.payload, at).is_ok());
+            serde_json::from_slice::<Value>(&o.payload).unwrap()
+        };
+
+        let ok = answer(&mut sim, door, unlock("n-1", now + 5_000), now + 80);
+        assert_eq!(ok, json!({"v":1,"ts":now + 80,"nonce":"n-1","ok":true}));
+        // The same nonce again (a QoS 1 redelivery) is not run twice.
+        let again = answer(&mut sim, door, unlock("n-1", now + 5_000), now + 90);
+        assert_eq!(again["ok"], json!(false));
+        assert_eq!(again["error"], json!("duplicate"));
+        // Delivered at or after its exp: dropped, not run late.
+        let late = answer(&mut sim, door, unlock("n-2", now + 5_000), now + 5_000);
+        assert_eq!(late["nonce"], json!("n-2"));
+        assert_eq!(late["ok"], json!(false));
+        assert_eq!(late["error"], json!("expired"));
+        let deny = format!(
+            r#"{{"v":1,"ts":{now},"nonce":"n-3","exp":{},"m":{{"badge_seq":8,"reason":"wrong_zone"}}}}"#,
+            now + 5_000
+        );
+        let deny_topic = door.replace("/unlock", "/deny");
+        assert_eq!(
+            answer(&mut sim, &deny_topic, deny, now + 50)["ok"],
+            json!(true)
+        );
+
+        // A charger takes its new limit and reports it.
+        let charger = sim
+            .devices
+            .iter()
+            .position(|d| d.spec.class == DeviceClass::EvCharger)
+            .unwrap();
+        let topic = format!("{}cmd/charge_limit", sim.devices[charger].base);
+        let limit = format!(
+            r#"{{"v":1,"ts":{now},"nonce":"n-4","exp":{},"m":{{"limit_a":10}}}}"#,
+            now + 60_000
+        );
+        assert_eq!(answer(&mut sim, &topic, limit, now + 10)["ok"], json!(true));
+        let mut out = Vec::new();
+        sim.charger_message(charger, now + 20, &mut out);
+        assert!(String::from_utf8_lossy(&out[0].payload).contains(r#""limit_a":10"#));
+
+        // A setpoint on the zone's environment sensor; a late one is refused.
+        let setpoint = |nonce: &str| {
+            format!(
+                r#"{{"v":1,"ts":{now},"nonce":"{nonce}","exp":{},"m":{{"mode":"eco","t_c":17.0,"lights":"off"}}}}"#,
+                now + 900_000
+            )
+        };
+        let env = "spazi/v1/roma/roma-open-1-env/cmd/setpoint";
+        assert_eq!(
+            answer(&mut sim, env, setpoint("n-5"), now)["ok"],
+            json!(true)
+        );
+        assert_eq!(
+            answer(&mut sim, env, setpoint("n-6"), now + 900_000)["error"],
+            json!("expired")
+        );
+        // A command the device cannot carry out, and a broken one.
+        let odd = answer(
+            &mut sim,
+            &topic.replace("charge_limit", "unlock"),
+            unlock("n-7", now + 5_000),
+            now,
+        );
+        assert_eq!(odd["error"], json!("unsupported"));
+        let broken = format!(
+            r#"{{"v":1,"ts":{now},"nonce":"n-8","exp":{},"m":{{}}}}"#,
+            now + 5_000
+        );
+        assert_eq!(
+            answer(&mut sim, door, broken, now)["error"],
+            json!("bad_request")
+        );
+        // No nonce, nothing to answer to; another site's topic is not ours.
+        assert!(sim.command(door, br#"{"v":1}"#, now).is_none());
+        assert!(sim
+            .command(
+                "spazi/v1/milano/milano-door-main/cmd/unlock",
+                unlock("n-9", now + 5_000).as_bytes(),
+                now
+            )
+            .is_none());
+    }
+
+    #[test]
+    fn the_gateway_keeps_the_newest_grant_list() {
+        let spec = site("roma");
+        let mut sim = SiteSim::new(
+            Place::from_site(&spec),
+            site_devices(&spec),
+            cfg(false, 1.0),
+            0,
+        );
+        let topic = "spazi/v1/roma/roma-gw/cmd/grants";
+        let list = |version: i64| {
+            let m = json!({
+                "version": version,
+                "valid_from": 1_000,
+                "valid_until": 86_401_000,
+                "grants": [{
+                    "credential_sha256": crate::domain::access_control::credential_hash("123456"),
+                    "from": 1_000,
+                    "until": 3_601_000,
+                    "doors": ["roma-door-main"],
+                }],
+            });
+            json!({"v": 1, "ts": 1_000, "nonce": format!("g-{version}"), "exp": 86_401_000, "m": m})
+                .to_string()
+        };
+        assert!(sim.grants().is_none());
+        // A grant list is kept, not answered.
+        assert!(sim.command(topic, list(5).as_bytes(), 2_000).is_none());
+        assert_eq!(sim.grants().unwrap().version, 5);
+        assert!(sim.command(topic, list(4).as_bytes(), 2_000).is_none());
+        assert_eq!(sim.grants().unwrap().version, 5);
+        sim.command(topic, list(6).as_bytes(), 2_000);
+        let kept = sim.grants().unwrap();
+        assert_eq!(kept.version, 6);
+        assert_eq!(kept.decide("roma-door-main", "123456", 2_000), Ok(()));
+        // An empty retained payload (the list cleared) changes nothing; nor does a list sent to
+        // a device that is not the gateway.
+        sim.command(topic, b"", 2_000);
+        sim.command(
+            "spazi/v1/roma/roma-door-main/cmd/grants",
+            list(9).as_bytes(),
+            2_000,
+        );
+        assert_eq!(sim.grants().unwrap().version, 6);
     }
 
     #[test]

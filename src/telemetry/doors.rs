@@ -1,0 +1,402 @@
+//! Doors: a badge scan decided from the grants in memory and answered at once on `cmd/unlock` or
+//! `cmd/deny`; the decision logged and the booking checked in afterwards, off the hot path;
+//! presence on a booked desk checking its booking in. Grant lists are in `grant_lists.rs`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, QoS};
+use serde_json::json;
+
+use crate::db::access::{self, AccessLogRow};
+use crate::db::{bookings, Db};
+use crate::domain::access_control::{credential_hash, decide, Door, ReplayGuard};
+use crate::domain::policy::CHECK_IN_EARLY;
+use crate::domain::telemetry::read_badge;
+use crate::domain::{DenyReason, DeviceClass};
+use crate::fleet::Fleet;
+use crate::grants::Grants;
+use crate::metrics::Metrics;
+
+/// What happens after a decision, off the hot path.
+enum After {
+    Logged(Box<AccessLogRow>),
+    /// A booking whose credential opened a door, or whose desk sensed presence: check it in.
+    CheckIn {
+        booking_id: String,
+        site_id: String,
+    },
+    /// Bookings another instance changed: reload their grants.
+    Reload(Vec<String>),
+}
+
+/// Where door answers go: an MQTT 5 connection (so the broker drops an answer past its expiry
+/// before delivering it) while it is up, else the ingest connection (the expiry is always in the
+/// payload too).
+struct Answers {
+    v5: Option<rumqttc::v5::AsyncClient>,
+    v5_up: Arc<AtomicBool>,
+}
+
+/// An MQTT 5 connection for door answers, reconnecting with bounded backoff.
+pub struct AnswerBroker {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Answers {
+    fn connect(broker: Option<AnswerBroker>) -> Answers {
+        let up = Arc::new(AtomicBool::new(false));
+        let Some(b) = broker else {
+            return Answers {
+                v5: None,
+                v5_up: up,
+            };
+        };
+        use rumqttc::v5::{Event, Incoming, MqttOptions};
+        let mut opts = MqttOptions::new(b.client_id, b.host, b.port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_clean_start(true);
+        if let Some(user) = b.username {
+            opts.set_credentials(user, b.password.unwrap_or_default());
+        }
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(5);
+        opts.set_network_options(net);
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10_000);
+        let flag = up.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        flag.store(true, Ordering::Relaxed);
+                        backoff = Duration::from_millis(100);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if flag.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "door answer connection (MQTT 5) lost; answering on the ingest connection");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Answers {
+            v5: Some(client),
+            v5_up: up,
+        }
+    }
+
+    fn send(&self, fallback: &AsyncClient, topic: String, body: String, ttl_ms: i64) -> bool {
+        if let Some(v5) = self
+            .v5
+            .as_ref()
+            .filter(|_| self.v5_up.load(Ordering::Relaxed))
+        {
+            let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                message_expiry_interval: Some(((ttl_ms + 999) / 1000).max(1) as u32),
+                ..Default::default()
+            };
+            if v5
+                .try_publish_with_properties(
+                    topic.clone(),
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    body.clone(),
+                    properties,
+                )
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        fallback
+            .try_publish(topic, QoS::AtLeastOnce, false, body)
+            .is_ok()
+    }
+}
+
+/// Door decisions for one service instance.
+pub struct Doors {
+    answers: Answers,
+    grants: Arc<Grants>,
+    fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
+    guard: Mutex<ReplayGuard>,
+    after: flume::Sender<After>,
+    unlock_ttl_ms: i64,
+    unlock_secs: i64,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn instant(ms: i64) -> chrono::NaiveDateTime {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+impl Doors {
+    /// Starts the task that logs decisions and checks bookings in.
+    pub fn start(
+        db: Db,
+        grants: Arc<Grants>,
+        fleet: Arc<Fleet>,
+        metrics: Arc<Metrics>,
+        unlock_ttl_ms: i64,
+        unlock_secs: i64,
+        answer_broker: Option<AnswerBroker>,
+    ) -> Arc<Doors> {
+        let (tx, rx) = flume::unbounded();
+        tokio::spawn(after_decisions(db, grants.clone(), metrics.clone(), rx));
+        Arc::new(Doors {
+            answers: Answers::connect(answer_broker),
+            grants,
+            fleet,
+            metrics,
+            guard: Mutex::new(ReplayGuard::default()),
+            after: tx,
+            unlock_ttl_ms,
+            unlock_secs,
+        })
+    }
+
+    /// Decides a badge scan from `site`/`device` and queues the answer on `client`. Never waits:
+    /// it runs on the MQTT event loop's task.
+    pub fn on_badge(
+        &self,
+        client: &AsyncClient,
+        site: &str,
+        device: &str,
+        payload: &[u8],
+        received: Instant,
+    ) {
+        let Some(door) = self.fleet.get(device) else {
+            return;
+        };
+        if door.site_id != site || door.class != DeviceClass::DoorReader {
+            return;
+        }
+        let now = now_ms();
+        let scan = read_badge(payload);
+        let mut hash = None;
+        let decision = scan.credential.clone().and_then(|credential| {
+            hash = Some(credential_hash(&credential));
+            let (seq, ts) = (scan.seq.unwrap_or(-1), scan.ts.unwrap_or(0));
+            self.guard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(device, seq, ts, now)?;
+            let candidates = self.grants.candidates(hash.as_deref().unwrap_or_default());
+            let here = Door {
+                site_id: site,
+                zone_id: door.zone_id.as_deref(),
+            };
+            decide(candidates.iter().map(|g| g.as_ref()), here, now).map(|g| {
+                (
+                    g.booking_id.clone(),
+                    g.user_id.clone(),
+                    g.starts_ms,
+                    g.ends_ms,
+                )
+            })
+        });
+        let nonce = uuid::Uuid::now_v7().simple().to_string();
+        let exp = now + self.unlock_ttl_ms;
+        if let Some(seq) = scan.seq {
+            let (name, m) = match &decision {
+                Ok(_) => (
+                    "unlock",
+                    json!({"badge_seq": seq, "duration_s": self.unlock_secs}),
+                ),
+                Err(reason) => ("deny", json!({"badge_seq": seq, "reason": reason.as_str()})),
+            };
+            let body = json!({"v": 1, "ts": now, "nonce": nonce, "exp": exp, "m": m});
+            let topic = format!("spazi/v1/{site}/{device}/cmd/{name}");
+            if !self
+                .answers
+                .send(client, topic, body.to_string(), self.unlock_ttl_ms)
+            {
+                tracing::warn!(
+                    door = device,
+                    "door answer not queued: the MQTT client is busy"
+                );
+            }
+        }
+        let latency_us = received.elapsed().as_micros().min(i64::MAX as u128) as i64;
+        let a = &self.metrics.access;
+        match &decision {
+            Ok(_) => a.granted.fetch_add(1, Ordering::Relaxed),
+            Err(_) => a.denied.fetch_add(1, Ordering::Relaxed),
+        };
+        a.observe_latency_us(latency_us);
+        let (booking_id, user_id) = match &decision {
+            Ok((b, u, _, _)) => (Some(b.clone()), Some(u.clone())),
+            Err(_) => (None, None),
+        };
+        let row = AccessLogRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            site_id: site.to_owned(),
+            door_id: device.to_owned(),
+            zone_id: door.zone_id.clone(),
+            at: instant(now),
+            badge_ts: scan.ts.map(instant),
+            badge_seq: scan.seq,
+            credential_sha256: hash,
+            booking_id: booking_id.clone(),
+            user_id,
+            decision: if decision.is_ok() {
+                "granted"
+            } else {
+                "denied"
+            }
+            .into(),
+            reason: decision
+                .as_ref()
+                .err()
+                .map(|r: &DenyReason| r.as_str().to_owned()),
+            nonce: scan.seq.map(|_| nonce),
+            latency_us,
+            anonymised: false,
+        };
+        let _ = self.after.send(After::Logged(Box::new(row)));
+        if let Ok((booking_id, _, starts_ms, ends_ms)) = decision {
+            if starts_ms - CHECK_IN_EARLY.num_milliseconds() <= now
+                && now < ends_ms
+                && self.grants.first_check_in(&booking_id)
+            {
+                let _ = self.after.send(After::CheckIn {
+                    booking_id,
+                    site_id: site.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Another instance (or this one) announced bookings whose grants changed.
+    pub fn on_notice(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Notice {
+            bookings: Vec<String>,
+        }
+        match serde_json::from_slice::<Notice>(payload) {
+            Ok(n) if !n.bookings.is_empty() && n.bookings.len() <= 10_000 => {
+                let _ = self.after.send(After::Reload(n.bookings));
+            }
+            _ => tracing::warn!("a grants notice that is not {{\"bookings\":[…]}} was ignored"),
+        }
+    }
+
+    /// A presence sensor saw someone at `ts`: the booking of its resource on at that moment is
+    /// checked in.
+    pub fn on_presence(&self, device_num: i32, ts: i64) {
+        let Some(sensor) = self.fleet.get_num(device_num) else {
+            return;
+        };
+        let Some(resource) = sensor.resource_id.as_deref() else {
+            return;
+        };
+        let Some(g) = self.grants.booked_at(
+            &sensor.site_id,
+            resource,
+            ts,
+            CHECK_IN_EARLY.num_milliseconds(),
+        ) else {
+            return;
+        };
+        let now = now_ms();
+        if g.starts_ms - CHECK_IN_EARLY.num_milliseconds() <= now
+            && now < g.ends_ms
+            && self.grants.first_check_in(&g.booking_id)
+        {
+            let _ = self.after.send(After::CheckIn {
+                booking_id: g.booking_id.clone(),
+                site_id: g.site_id.clone(),
+            });
+        }
+    }
+}
+
+/// Writes decisions to the access log in batches and checks bookings in.
+async fn after_decisions(
+    db: Db,
+    grants: Arc<Grants>,
+    metrics: Arc<Metrics>,
+    rx: flume::Receiver<After>,
+) {
+    while let Ok(first) = rx.recv_async().await {
+        let mut rows = Vec::new();
+        let mut check_ins = Vec::new();
+        let mut reload: Vec<String> = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                After::Logged(row) => rows.push(*row),
+                After::CheckIn {
+                    booking_id,
+                    site_id,
+                } => check_ins.push((booking_id, site_id)),
+                After::Reload(ids) => reload.extend(ids),
+            }
+            next = if rows.len() < 1_000 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !rows.is_empty() {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let batch = rows.clone();
+                match db.run(move |c| access::log_decisions(c, &batch)).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "access log not written; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        if !reload.is_empty() {
+            match db
+                .run(move |c| {
+                    let mut rows = Vec::new();
+                    for id in reload {
+                        rows.extend(access::grant(c, &id)?);
+                    }
+                    Ok::<_, crate::db::DbError>(rows)
+                })
+                .await
+            {
+                Ok(rows) => rows.iter().for_each(|r| grants.upsert_from_peer(r)),
+                Err(e) => tracing::warn!(error = %e, "announced grants not reloaded"),
+            }
+        }
+        for (id, site) in check_ins {
+            let at = chrono::Utc::now().naive_utc();
+            let booking = id.clone();
+            match db.run(move |c| bookings::check_in(c, &booking, at)).await {
+                Ok(_) => {
+                    metrics.access.checked_in.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(booking = %id, site = %site, "booking checked in by the building");
+                }
+                Err(bookings::BookingWriteError::WrongStatus(_)) => {}
+                Err(e) => {
+                    grants.check_in_failed(&id);
+                    tracing::warn!(booking = %id, error = %e, "automatic check-in failed");
+                }
+            }
+        }
+    }
+}
