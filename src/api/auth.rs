@@ -95,17 +95,8 @@ pub fn normalise_email(email: &str) -> Result<String, FieldError> {
 
 /// An outbox row carrying `mail`, to be inserted in the transaction of the change it announces.
 pub fn queued(kind: &str, mail: &QueuedMail) -> Result<OutboxRow, ApiError> {
-    let now = naive(Utc::now());
-    Ok(OutboxRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        kind: kind.to_string(),
-        payload: serde_json::to_string(mail).map_err(|e| ApiError::Internal(e.to_string()))?,
-        created_at: now,
-        available_at: now,
-        attempts: 0,
-        last_error: None,
-        sent_at: None,
-    })
+    let payload = serde_json::to_string(mail).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(OutboxRow::due(kind, payload, naive(Utc::now())))
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/signup", tag = "accounts", request_body = SignupRequest,

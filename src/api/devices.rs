@@ -94,7 +94,7 @@ impl DeviceView {
 }
 
 /// The site, if the caller manages it: 404 for an unknown site, 403 for someone else's.
-fn managed_site(
+pub(super) fn managed_site(
     state: &AppState,
     caller: &Caller,
     site_id: &str,

@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, handlers, extractors, and the mapping of errors to problem details.
 
+pub mod access;
 pub mod alarms;
 pub mod auth;
 pub mod bookings;
@@ -7,6 +8,7 @@ pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod occupancy;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
@@ -15,6 +17,7 @@ pub mod sites;
 pub mod state;
 pub mod throttle;
 pub mod tokens;
+pub mod utilisation;
 pub mod views;
 
 use actix_web::web;
@@ -51,6 +54,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::post().to(devices::provision),
                 )
                 .route("/sites/{site_id}/live", web::get().to(devices::live))
+                .route("/sites/{site_id}/access-log", web::get().to(access::log))
+                .route(
+                    "/sites/{site_id}/occupancy",
+                    web::get().to(occupancy::occupancy),
+                )
+                .route(
+                    "/sites/{site_id}/utilisation",
+                    web::get().to(utilisation::utilisation),
+                )
                 .route("/devices/{device_id}", web::get().to(devices::get))
                 .route(
                     "/devices/{device_id}/readings",
@@ -66,6 +78,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(
                     "/bookings/{booking_id}/ics",
                     web::get().to(bookings::read::ics),
+                )
+                .route(
+                    "/bookings/{booking_id}/access",
+                    web::get().to(access::access),
+                )
+                .route(
+                    "/bookings/{booking_id}/access/qr",
+                    web::get().to(access::qr),
                 )
                 .route(
                     "/bookings/{booking_id}/cancel",

@@ -1,7 +1,10 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{alarms, auth, bookings, devices, error, ops, readings, sites, views};
+use super::{
+    access, alarms, auth, bookings, devices, error, occupancy, ops, readings, sites, utilisation,
+    views,
+};
 
 struct BearerAuth;
 
@@ -31,12 +34,15 @@ impl Modify for BearerAuth {
         bookings::read::ics, bookings::status::cancel, bookings::status::check_in,
         devices::list, devices::provision, devices::get, readings::readings, devices::live,
         alarms::list, alarms::ack,
+        access::access, access::qr, access::log, occupancy::occupancy, utilisation::utilisation,
     ),
     components(schemas(error::Problem, crate::domain::FieldError, views::ResourceView, views::SiteRef, views::ZoneRef,
         devices::DeviceView, devices::DeviceDetail, devices::LatestValue, readings::Readings, readings::ReadingItem,
         readings::RawPoint, readings::AggregatePoint, devices::LiveView, devices::LiveDevice, devices::LiveValue,
         devices::Occupancy, devices::ZoneOccupancy, devices::ProvisionRequest, devices::ProvisionedDevice,
         devices::MqttCredentials, devices::MqttTopics, alarms::AlarmOut, alarms::UserRef,
+        access::AccessOut, access::AccessLogEntry, occupancy::SiteOccupancy, occupancy::ZoneOccupancyNow,
+        occupancy::ResourceOccupancy, utilisation::Utilisation, utilisation::UtilisationItem,
         crate::domain::DeviceClass, crate::domain::DeviceStatus, crate::domain::AlarmKind, crate::domain::AlarmState)),
     modifiers(&BearerAuth),
 )]

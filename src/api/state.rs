@@ -21,6 +21,8 @@ pub struct AppState {
     pub mqtt_addr: Option<String>,
     /// Every device with its health and latest values.
     pub fleet: Arc<Fleet>,
+    /// Door credentials that matter now, for door decisions and grant lists.
+    pub grants: Arc<crate::grants::Grants>,
 }
 
 impl AppState {

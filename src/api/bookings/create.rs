@@ -6,21 +6,22 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{booking_out, booking_url, mail_context, now, BookingOut};
-use crate::api::auth::queued;
+use super::{booking_out, booking_url, now, BookingOut};
 use crate::api::error::ApiError;
 use crate::api::extract::{Auth, Errors, Json};
 use crate::api::idempotency::{self, Created};
 use crate::api::state::AppState;
 use crate::api::views::{local_text, utc_text};
+use crate::db::access::{CredentialRow, NewCredential};
 use crate::db::bookings::{self as store, AllowanceCharge, BookingWriteError};
-use crate::db::models::Booking;
+use crate::db::models::{Booking, OutboxRow};
 use crate::db::network::{ResourceEntry, SiteEntry};
 use crate::db::{naive, utc};
 use crate::domain::access::Caller;
 use crate::domain::policy::{self, BookingContext};
 use crate::domain::{BookingStatus, FieldError, TimeRange};
-use crate::email::compose::{self, BookingEvent};
+use crate::email::compose::{self, AccessMail, BookingEvent};
+use crate::jobs::release::{booking_mail, organizer_address};
 
 #[derive(Deserialize, ToSchema)]
 pub struct BookingRequest {
@@ -194,22 +195,51 @@ async fn store_booking(
         cancelled_at: None,
     };
     let url = booking_url(state, &booking.id);
-    let mail = compose::booking(
-        BookingEvent::Confirmed,
-        &mail_context(
-            state,
-            &booking,
-            &resource.resource.name,
-            &site,
-            (&caller.name, &caller.email),
-            &url,
-        ),
-    );
-    let row = queued("booking_confirmed", &mail)?;
+    let credential = NewCredential::fresh(
+        &booking.id,
+        &booking.site_id,
+        booking.starts_at,
+        booking.ends_at,
+        now,
+    )?;
+    let compose_mail = {
+        let (b, site, resource_name) = (
+            booking.clone(),
+            site.clone(),
+            resource.resource.name.clone(),
+        );
+        let (member, organizer) = (
+            (caller.name.clone(), caller.email.clone()),
+            state.config.mail_from.clone(),
+        );
+        let url = url.clone();
+        move |issued: &CredentialRow| {
+            let access_url = format!("{url}/access");
+            let mut ctx = booking_mail(
+                organizer_address(&organizer),
+                &b,
+                &resource_name,
+                &site,
+                (&member.0, &member.1),
+                &url,
+            );
+            ctx.access = Some(AccessMail {
+                pin: &issued.pin,
+                token: &issued.token,
+                access_url: &access_url,
+            });
+            let mail = compose::booking(BookingEvent::Confirmed, &ctx);
+            OutboxRow::due(
+                "booking_confirmed",
+                serde_json::to_string(&mail).unwrap_or_default(),
+                chrono::Utc::now().naive_utc(),
+            )
+        }
+    };
     let (b, charge) = (booking.clone(), c.charge);
     let stored = state
         .db
-        .run(move |conn| store::create(conn, &b, charge.as_ref(), &row))
+        .run(move |conn| store::create(conn, &b, charge.as_ref(), &credential, compose_mail))
         .await;
     match stored {
         Err(BookingWriteError::Overlap) => {
@@ -230,7 +260,9 @@ async fn store_booking(
                 ),
             ));
         }
-        other => other?,
+        other => {
+            other?;
+        }
     }
     state
         .metrics
@@ -238,6 +270,7 @@ async fn store_booking(
         .bookings_created
         .fetch_add(1, Ordering::Relaxed);
     state.mail_waker.notify_one();
+    state.grants.refresh(&state.db, &booking.id).await;
     Ok(booking_out(booking, &site, &resource))
 }
 

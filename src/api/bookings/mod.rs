@@ -19,6 +19,7 @@ use crate::db::utc;
 use crate::domain::access::BookingOwner;
 use crate::domain::BookingStatus;
 use crate::email::compose::BookingMail;
+use crate::jobs::release::{booking_mail, organizer_address};
 
 #[derive(Serialize, ToSchema)]
 pub struct BookingOut {
@@ -104,29 +105,14 @@ pub fn mail_context<'a>(
     member: (&'a str, &'a str),
     booking_url: &'a str,
 ) -> BookingMail<'a> {
-    BookingMail {
-        booking_id: &b.id,
-        sequence: b.sequence.max(0) as u32,
-        member_name: member.0,
-        member_email: member.1,
+    booking_mail(
+        organizer_address(&state.config.mail_from),
+        b,
         resource_name,
-        site_name: &site.site.name,
-        site_address: &site.site.address,
-        timezone: site.tz,
-        starts_at: utc(b.starts_at),
-        ends_at: utc(b.ends_at),
-        created_at: utc(b.created_at),
+        site,
+        member,
         booking_url,
-        organizer_email: organizer(state),
-    }
-}
-
-fn organizer(state: &AppState) -> &str {
-    let from = state.config.mail_from.as_str();
-    match (from.find('<'), from.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &from[a + 1..b],
-        _ => from,
-    }
+    )
 }
 
 /// The account that owns `b`, for its mail and calendar file.

@@ -9,6 +9,7 @@ use crate::api::extract::Auth;
 use crate::api::state::AppState;
 use crate::db::bookings as store;
 use crate::db::{naive, utc};
+use crate::domain::access_control::GrantState;
 use crate::domain::policy::{check_in_open, CHECK_IN_EARLY};
 use crate::domain::TimeRange;
 use crate::email::compose::{self, BookingEvent};
@@ -57,6 +58,7 @@ pub async fn cancel(
         .bookings_cancelled
         .fetch_add(1, Ordering::Relaxed);
     state.mail_waker.notify_one();
+    state.grants.revoke(&updated.id, GrantState::Cancelled);
     Ok(HttpResponse::Ok().json(booking_out(updated, &site, &r)))
 }
 
