@@ -132,7 +132,23 @@ fn insert_booking(
     };
     app.state
         .db
-        .run_blocking(|c| spazi::db::bookings::create(c, &booking, None, &mail))
+        .run_blocking(|c| {
+            let credential = spazi::db::access::NewCredential {
+                row: spazi::db::access::CredentialRow {
+                    booking_id: booking.id.clone(),
+                    site_id: booking.site_id.clone(),
+                    token: format!("spz1.{}", booking.id),
+                    pin: "000000".into(),
+                    token_sha256: format!("token-{}", booking.id),
+                    pin_sha256: "pin".into(),
+                    valid_from: booking.starts_at,
+                    valid_until: booking.ends_at,
+                    created_at: booking.created_at,
+                },
+                pins: Vec::new(),
+            };
+            spazi::db::bookings::create(c, &booking, None, &credential, |_| mail.clone())
+        })
         .unwrap();
     id
 }

@@ -90,6 +90,8 @@ pub fn test_config(database_url: String, mail_url: String) -> Config {
             ingest: false,
             rollup_secs: 1,
             health_secs: 1,
+            release_secs: 1,
+            climate_secs: 1,
             ..TelemetryConfig::default()
         },
     }
@@ -308,6 +310,84 @@ impl TestApp {
 }
 
 /// Asserts a problem+json response naming `field` among its errors.
+/// A booking written straight to storage (any time: past, now, outside opening hours) with its
+/// door credential, and made known to the running service's door decisions.
+pub struct StoredBooking {
+    pub id: String,
+    pub token: String,
+    pub pin: String,
+}
+
+impl TestApp {
+    pub async fn store_booking(
+        &self,
+        user: &TestUser,
+        organization_id: Option<&str>,
+        resource_id: &str,
+        starts: chrono::DateTime<Utc>,
+        ends: chrono::DateTime<Utc>,
+        charged_minutes: i32,
+    ) -> StoredBooking {
+        use spazi::db::access::NewCredential;
+        use spazi::db::models::{Booking, OutboxRow};
+        let dir = self.state.directory();
+        let site_id = dir
+            .resource(resource_id)
+            .expect("resource")
+            .resource
+            .site_id
+            .clone();
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = Utc::now().naive_utc();
+        let month = starts.format("%Y-%m").to_string();
+        let booking = Booking {
+            id: id.clone(),
+            resource_id: resource_id.into(),
+            site_id: site_id.clone(),
+            user_id: user.id.clone(),
+            organization_id: organization_id.map(str::to_owned),
+            starts_at: starts.naive_utc(),
+            ends_at: ends.naive_utc(),
+            status: "confirmed".into(),
+            attendees: 1,
+            note: None,
+            charged_minutes,
+            allowance_month: organization_id.map(|_| month.clone()),
+            sequence: 0,
+            created_at: now,
+            updated_at: now,
+            checked_in_at: None,
+            cancelled_at: None,
+        };
+        let credential =
+            NewCredential::fresh(&id, &site_id, booking.starts_at, booking.ends_at, now)
+                .expect("credential");
+        let token = credential.row.token.clone();
+        let charge = organization_id.map(|org| spazi::db::bookings::AllowanceCharge {
+            organization_id: org.to_owned(),
+            month,
+            minutes: charged_minutes,
+        });
+        let issued = self
+            .state
+            .db
+            .run_blocking(move |c| {
+                spazi::db::bookings::create(c, &booking, charge.as_ref(), &credential, |_| {
+                    let mut row = OutboxRow::due("none", "{}".into(), now);
+                    row.sent_at = Some(now);
+                    row
+                })
+            })
+            .expect("store booking");
+        self.state.grants.refresh(&self.state.db, &id).await;
+        StoredBooking {
+            id,
+            token,
+            pin: issued.pin,
+        }
+    }
+}
+
 pub fn assert_field_error(status: u16, body: &Value, expected_status: u16, field: &str) {
     assert_eq!(status, expected_status, "body: {body}");
     let fields: Vec<&str> = body["errors"]

@@ -2,10 +2,12 @@
 
 mod helpers;
 
+mod access;
 mod accounts;
 mod acl;
 mod authorization;
 mod bad_input;
+mod building;
 mod concurrency;
 mod crash;
 mod dst;

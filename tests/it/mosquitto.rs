@@ -287,8 +287,8 @@ fn config(dir: &Path, port: u16, opts: &MosquittoOptions) -> String {
          max_queued_messages 10000000\n\
          max_queued_bytes 0\n\
          set_tcp_nodelay true\n\
-         message_size_limit 8192\n\
-         max_packet_size 8192\n\
+         message_size_limit 1048576\n\
+         max_packet_size 1048576\n\
          log_dest stderr\n\
          log_type error\n\
          log_type warning\n\
