@@ -15,54 +15,20 @@
 //! messages per run, `SPAZI_BENCH_RUNS` (default 3) the runs per scenario, `SPAZI_BENCH_PUBLISHERS`
 //! (default 2) the publishing connections. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
 
-use std::net::TcpListener;
+mod common;
+
+use common::{env_number, free_port, wait_port, PgDatabase, Proc};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use diesel::prelude::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const BIN: &str = env!("CARGO_BIN_EXE_spazi");
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a whole number")),
-        _ => Ok(default),
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_port(port: u16, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// A child process killed with the harness.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_mosquitto(dir: &Path) -> anyhow::Result<(Proc, u16)> {
     let port = free_port()?;
@@ -84,34 +50,6 @@ fn start_mosquitto(dir: &Path) -> anyhow::Result<(Proc, u16)> {
         .context("starting mosquitto (is it installed?)")?;
     wait_port(port, Duration::from_secs(10))?;
     Ok((Proc(child), port))
-}
-
-/// A PostgreSQL database of our own, dropped at the end.
-struct PgDatabase(String);
-
-impl PgDatabase {
-    fn create() -> anyhow::Result<PgDatabase> {
-        let name = format!(
-            "spazi_bench_ingest_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let mut admin = PgConnection::establish(PG_ADMIN_URL)?;
-        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
-        Ok(PgDatabase(name))
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.0)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(PG_ADMIN_URL) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
-                .execute(&mut admin);
-        }
-    }
 }
 
 /// The seeded devices' power topics, so every message belongs to a known device.
@@ -460,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let sim_secs = env_number("SPAZI_BENCH_SIM_SECS", 60)?.max(5);
-    let pg = PgDatabase::create()?;
+    let pg = PgDatabase::create("spazi_bench_ingest")?;
     let sqlite_dir = tempfile::tempdir()?;
     let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("spazi.db").display());
     let mut report = Vec::new();

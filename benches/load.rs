@@ -6,6 +6,10 @@
 //! `SPAZI_BENCH_ANALYZE=0` skips the ANALYZE after setup and between writes and reads.
 //! Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust); sends traffic only to 127.0.0.1.
 
+mod common;
+
+use common::{env_positive, PgDatabase, PG_ADMIN_URL};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +35,6 @@ use spazi::domain::policy::{check_booking, BookingContext};
 use spazi::domain::{ResourceKind, Role, TimeRange};
 use spazi::startup::Application;
 
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const MEMBERS: usize = 8;
 const PASSWORD: &str = "bench-horse-battery-staple";
 /// Each scenario runs this long unrecorded first, so connections and caches are warm.
@@ -49,70 +52,6 @@ struct Settings {
     concurrency: usize,
     /// Whether to ANALYZE after setup and again between the write and the read scenarios.
     analyze: bool,
-}
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => {
-            let n: u64 = v
-                .trim()
-                .parse()
-                .with_context(|| format!("{name}={v:?} is not a whole number"))?;
-            if n == 0 {
-                bail!("{name} must be at least 1");
-            }
-            Ok(n)
-        }
-        _ => Ok(default),
-    }
-}
-
-/// A database of our own, dropped however the run ends.
-struct BenchDatabase {
-    name: String,
-}
-
-impl BenchDatabase {
-    fn create() -> anyhow::Result<BenchDatabase> {
-        let name = format!(
-            "spazi_bench_{}_{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let mut admin = PgConnection::establish(PG_ADMIN_URL)
-            .context("PostgreSQL must accept connections on 127.0.0.1:5432 as postgres")?;
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .context("creating the bench database")?;
-        Ok(BenchDatabase { name })
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for BenchDatabase {
-    fn drop(&mut self) {
-        // FORCE ends the pool's idle connections, which live as long as the server's workers.
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        for attempt in 0..3 {
-            let dropped = PgConnection::establish(PG_ADMIN_URL)
-                .map_err(|e| e.to_string())
-                .and_then(|mut c| {
-                    diesel::sql_query(&sql)
-                        .execute(&mut c)
-                        .map_err(|e| e.to_string())
-                });
-            match dropped {
-                Ok(_) => return,
-                Err(e) if attempt == 2 => {
-                    eprintln!("could not drop database {}: {e}", self.name)
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(500)),
-            }
-        }
-    }
 }
 
 fn postgres_version() -> String {
@@ -930,11 +869,11 @@ fn print_report(report: &Report, settings: &Settings, sites: &[Site]) {
 fn main() -> anyhow::Result<()> {
     // Cargo passes `--bench` and maybe a filter; this harness has nothing to filter, so it ignores them.
     let settings = Settings {
-        secs: env_number("SPAZI_BENCH_SECS", 10)?,
-        concurrency: env_number("SPAZI_BENCH_CONCURRENCY", 32)? as usize,
+        secs: env_positive("SPAZI_BENCH_SECS", 10)?,
+        concurrency: env_positive("SPAZI_BENCH_CONCURRENCY", 32)? as usize,
         analyze: std::env::var("SPAZI_BENCH_ANALYZE").map_or(true, |v| v.trim() != "0"),
     };
-    let database = BenchDatabase::create()?;
+    let database = PgDatabase::create("spazi_bench")?;
     let mail_dir = tempfile::tempdir()?;
     let config = Config {
         database_url: database.url(),
@@ -953,7 +892,7 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    eprintln!("starting the service on database {}", database.name);
+    eprintln!("starting the service on database {}", database.name());
     let service = start_service(config)?;
     let sites = Arc::new(large_sites(&service.state)?);
 
