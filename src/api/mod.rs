@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod auth;
 pub mod bookings;
 pub mod devices;
+pub mod energy;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod pages;
 pub mod readings;
 pub mod sites;
+pub mod statements;
 pub mod state;
 pub mod throttle;
 pub mod tokens;
@@ -68,6 +70,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/devices/{device_id}/readings",
                     web::get().to(readings::readings),
                 )
+                .route("/energy", web::get().to(energy::report))
+                .route("/energy/kpis", web::get().to(energy::kpis))
+                .route(
+                    "/energy/emission-factors",
+                    web::get().to(energy::list_factors),
+                )
+                .route(
+                    "/energy/emission-factors",
+                    web::post().to(energy::add_factor),
+                )
+                .route(
+                    "/organizations/{organization_id}/statements/{month}",
+                    web::get().to(statements::statement),
+                )
+                .route("/ev/sessions", web::get().to(statements::ev_sessions))
                 .route("/alarms", web::get().to(alarms::list))
                 .route("/alarms/{alarm_id}/ack", web::post().to(alarms::ack))
                 .route("/availability", web::get().to(sites::availability))

@@ -2,8 +2,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    access, alarms, auth, bookings, devices, error, occupancy, ops, readings, sites, utilisation,
-    views,
+    access, alarms, auth, bookings, devices, energy, error, occupancy, ops, readings, sites,
+    statements, utilisation, views,
 };
 
 struct BearerAuth;
@@ -35,6 +35,8 @@ impl Modify for BearerAuth {
         devices::list, devices::provision, devices::get, readings::readings, devices::live,
         alarms::list, alarms::ack,
         access::access, access::qr, access::log, occupancy::occupancy, utilisation::utilisation,
+        energy::report, energy::kpis, energy::list_factors, energy::add_factor,
+        statements::statement, statements::ev_sessions,
     ),
     components(schemas(error::Problem, crate::domain::FieldError, views::ResourceView, views::SiteRef, views::ZoneRef,
         devices::DeviceView, devices::DeviceDetail, devices::LatestValue, readings::Readings, readings::ReadingItem,
@@ -43,6 +45,9 @@ impl Modify for BearerAuth {
         devices::MqttCredentials, devices::MqttTopics, alarms::AlarmOut, alarms::UserRef,
         access::AccessOut, access::AccessLogEntry, occupancy::SiteOccupancy, occupancy::ZoneOccupancyNow,
         occupancy::ResourceOccupancy, utilisation::Utilisation, utilisation::UtilisationItem,
+        energy::EnergyReport, energy::EnergyInterval, energy::KpiReport, energy::KpiPeriod, energy::FactorOut,
+        energy::NewFactor, statements::Statement, statements::StatementLine, statements::StatementTotals,
+        statements::EvSession, statements::EvSessions, crate::domain::EnergyQuality, crate::domain::ChargeMode,
         crate::domain::DeviceClass, crate::domain::DeviceStatus, crate::domain::AlarmKind, crate::domain::AlarmState)),
     modifiers(&BearerAuth),
 )]

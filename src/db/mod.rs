@@ -16,6 +16,7 @@ macro_rules! on_backend {
 
 pub mod access;
 pub mod alarms;
+pub mod energy;
 pub mod bookings;
 pub mod idempotency;
 pub mod migrations;

@@ -78,6 +78,10 @@ pub struct Site {
     pub opening_hours: String,
     /// Minutes after a booking's start before an unused booking is released.
     pub no_show_grace_minutes: i32,
+    /// The PV plant's nameplate power, kWp.
+    pub pv_kwp: f64,
+    /// Grid import must never exceed this, W.
+    pub contracted_power_w: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -63,6 +63,8 @@ fn insert_site(conn: &mut DbConnection, spec: &SiteSpec) -> DbResult<()> {
         area_m2: spec.area_m2,
         opening_hours: hours,
         no_show_grace_minutes: crate::domain::policy::NO_SHOW_GRACE_MINUTES,
+        pv_kwp: spec.size.pv_kwp(),
+        contracted_power_w: spec.size.contracted_power_w(),
     };
     let closures: Vec<SiteClosure> = spec
         .closures

@@ -71,6 +71,8 @@ diesel::table! {
         area_m2 -> Integer,
         opening_hours -> Text,
         no_show_grace_minutes -> Integer,
+        pv_kwp -> Double,
+        contracted_power_w -> Integer,
     }
 }
 
@@ -240,6 +242,58 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    energy_15m (site_id, bucket) {
+        site_id -> Text,
+        bucket -> BigInt,
+        pv_wh -> Double,
+        import_wh -> Double,
+        export_wh -> Double,
+        ev_wh -> Double,
+        load_wh -> Double,
+        quality -> SmallInt,
+    }
+}
+
+diesel::table! {
+    energy_region_15m (region, bucket) {
+        region -> Text,
+        bucket -> BigInt,
+        pv_wh -> Double,
+        import_wh -> Double,
+        export_wh -> Double,
+        ev_wh -> Double,
+        load_wh -> Double,
+        sites -> Integer,
+        measured -> Integer,
+        estimated -> Integer,
+    }
+}
+
+diesel::table! {
+    emission_factors (version) {
+        version -> Integer,
+        value -> Double,
+        unit -> Text,
+        source -> Text,
+        valid_from -> Timestamp,
+        created_at -> Timestamp,
+        created_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    ev_plans (booking_id) {
+        booking_id -> Text,
+        mode -> Text,
+        target_wh -> Nullable<Double>,
+        expected_wh -> Double,
+        expected_solar_wh -> Double,
+        feasible -> Bool,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> organizations (organization_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -292,6 +346,8 @@ diesel::table! {
 }
 
 diesel::joinable!(zones -> sites (site_id));
+diesel::joinable!(energy_15m -> sites (site_id));
+diesel::joinable!(ev_plans -> bookings (booking_id));
 diesel::joinable!(access_credentials -> bookings (booking_id));
 diesel::joinable!(resources -> zones (zone_id));
 diesel::joinable!(resources -> sites (site_id));
@@ -324,4 +380,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     access_credentials,
     access_log,
     climate_commands,
+    energy_15m,
+    energy_region_15m,
+    emission_factors,
+    ev_plans,
 );

@@ -180,3 +180,24 @@ string_enum!(
         Precondition => "precondition",
     }
 );
+
+string_enum!(
+    /// How an EV booking's car is charged: only from the site's PV surplus, from the surplus
+    /// first and then from the grid so the target is met by departure, or as fast as the site
+    /// allows.
+    ChargeMode {
+        SolarOnly => "solar_only",
+        SolarFirst => "solar_first",
+        Fast => "fast",
+    }
+);
+
+string_enum!(
+    /// How an energy interval was obtained: from meter readings, spread over a gap in them, or
+    /// not known at all.
+    EnergyQuality {
+        Measured => "measured",
+        Estimated => "estimated",
+        Missing => "missing",
+    }
+);

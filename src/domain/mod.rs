@@ -2,7 +2,9 @@
 
 pub mod access;
 pub mod access_control;
+pub mod charging;
 pub mod devices;
+pub mod energy;
 pub mod geo;
 pub mod holidays;
 pub mod kinds;
@@ -16,8 +18,8 @@ pub mod telemetry;
 pub mod time_range;
 
 pub use kinds::{
-    AlarmKind, AlarmState, BookingStatus, ClimateMode, DenyReason, DeviceClass, DeviceStatus,
-    ResourceKind, Role,
+    AlarmKind, AlarmState, BookingStatus, ChargeMode, ClimateMode, DenyReason, DeviceClass, DeviceStatus,
+    EnergyQuality, ResourceKind, Role,
 };
 pub use time_range::TimeRange;
 

@@ -26,6 +26,25 @@ impl SiteSize {
             SiteSize::Large => "large",
         }
     }
+
+    /// The site's photovoltaic plant, kWp.
+    pub fn pv_kwp(self) -> f64 {
+        match self {
+            SiteSize::Small => 10.0,
+            SiteSize::Medium => 30.0,
+            SiteSize::Large => 100.0,
+        }
+    }
+
+    /// The power the site's grid connection is contracted for, W: what grid import must never
+    /// exceed.
+    pub fn contracted_power_w(self) -> i32 {
+        match self {
+            SiteSize::Small => 30_000,
+            SiteSize::Medium => 60_000,
+            SiteSize::Large => 150_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,7 @@
 //! The 15-minute roll-up: recomputes, from the raw readings, every quarter the ingest pipeline
-//! marked, and cascades a counter's quarter into the next so deltas stay chained.
+//! marked, and cascades a counter's quarter into the next so deltas stay chained. The energy
+//! ledger of every site whose counters changed follows in the same pass, so late data
+//! recomputes the ledger's quarters it touches (and the gaps it closes).
 //!
 //! Quarters are cut on each site's wall clock (`domain::quarters::quarter_start`). Every zone
 //! in use today has an offset that is a whole number of quarter-hours, so a site's local quarter
@@ -40,6 +42,7 @@ pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
     let now = chrono::Utc::now().timestamp_millis();
     let current = now - now.rem_euclid(QUARTER_MS);
     let mut written = 0;
+    let mut ledger: HashMap<String, (i64, i64)> = HashMap::new();
     while let Some((q, devices)) = dirty.pop_first() {
         let list: Vec<i32> = devices.iter().flatten().copied().collect();
         let all = devices.is_none();
@@ -49,6 +52,13 @@ pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
         match outcome {
             Ok((rows, counters)) => {
                 written += rows;
+                for num in &counters {
+                    if let Some(device) = fleet.get_num(*num) {
+                        let span = ledger.entry(device.site_id).or_insert((q, q));
+                        span.0 = span.0.min(q);
+                        span.1 = span.1.max(q);
+                    }
+                }
                 let next = q + QUARTER_MS;
                 if next <= current && !counters.is_empty() {
                     if let Some(set) = dirty.entry(next).or_insert_with(|| Some(HashSet::new())) {
@@ -70,6 +80,18 @@ pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
                 }
                 return Err(e);
             }
+        }
+    }
+    for (site, (first, last)) in ledger {
+        let outcome = db
+            .run(move |c| {
+                crate::db::energy::recompute(c, &site, first, last + QUARTER_MS).map(|_| site)
+            })
+            .await;
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "energy ledger recomputation failed");
+            // The counters' quarters are marked again so the next pass tries once more.
+            fleet.mark_all(first);
         }
     }
     Ok(written)

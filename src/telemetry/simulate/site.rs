@@ -17,7 +17,7 @@ use super::model::{
 use super::schedule::{exponential_ms, first_due, next_after, period_ms, Schedule};
 use crate::domain::access_control::{CommandRefusal, DoorLock, GrantList, UnlockCommand};
 use crate::domain::devices::DeviceSpec;
-use crate::domain::network::{SiteSize, SiteSpec};
+use crate::domain::network::SiteSpec;
 use crate::domain::opening_hours::WeeklyHours;
 use crate::domain::solar::{self, PvPlant};
 use crate::domain::telemetry::valid_id;
@@ -76,15 +76,6 @@ fn resource_area_m2(kind: ResourceKind, capacity: u32) -> f64 {
     }
 }
 
-/// PV plant by site size, kWp.
-pub fn pv_kwp(size: SiteSize) -> f64 {
-    match size {
-        SiteSize::Small => 10.0,
-        SiteSize::Medium => 30.0,
-        SiteSize::Large => 100.0,
-    }
-}
-
 impl Place {
     /// A coworking site of the network.
     pub fn from_site(site: &SiteSpec) -> Place {
@@ -130,7 +121,7 @@ impl Place {
                 closed: site.closures.iter().map(|(d, _)| *d).collect(),
             },
             area_m2: f64::from(site.area_m2.max(50)),
-            pv_kwp: pv_kwp(site.size),
+            pv_kwp: site.size.pv_kwp(),
             zones,
             people_at_peak: f64::from(seats) * 0.6,
         }
