@@ -75,6 +75,17 @@ fn ms(t: chrono::NaiveDateTime) -> i64 {
     t.and_utc().timestamp_millis()
 }
 
+/// Until when a booking held its resource: its end, or its release for a no-show.
+fn held_until(b: &Booking) -> i64 {
+    let end = ms(b.ends_at);
+    match b.cancelled_at {
+        Some(at) if b.status == crate::domain::BookingStatus::Released.as_str() => {
+            end.min(ms(at)).max(ms(b.starts_at))
+        }
+        _ => end,
+    }
+}
+
 /// What the statement and the sessions need from one site over a span.
 struct SiteEnergy {
     lines: HashMap<i64, Quarter>,
@@ -137,7 +148,7 @@ fn attribute(
     factors: &[EmissionFactor],
 ) -> Attribution {
     let mut out = Attribution::default();
-    let (start, end) = (ms(booking.starts_at), ms(booking.ends_at));
+    let (start, end) = (ms(booking.starts_at), held_until(booking));
     let Some(resource) = dir.resource(&booking.resource_id) else {
         return out;
     };
@@ -180,7 +191,7 @@ fn attribute(
         }
         stays.push(Stay {
             start: ms(b.starts_at),
-            end: ms(b.ends_at),
+            end: held_until(b),
             weight: f64::from(r.resource.capacity.max(1)),
         });
     }
@@ -298,12 +309,12 @@ pub async fn statement(
             continue;
         };
         let from = list.iter().map(|b| ms(b.starts_at)).min().unwrap_or(0);
-        let to = list.iter().map(|b| ms(b.ends_at)).max().unwrap_or(0);
+        let to = list.iter().map(|b| held_until(b)).max().unwrap_or(0);
         let bays: Vec<String> = list.iter().map(|b| b.resource_id.clone()).collect();
         let energy = site_energy(&state, &site, from, to, &bays).await?;
         for b in &list {
             let a = attribute(&dir, &site, &energy, b, &factors);
-            for q in quarters_of(ms(b.starts_at), ms(b.ends_at), site.tz) {
+            for q in quarters_of(ms(b.starts_at), held_until(b), site.tz) {
                 if let Some(f) = factor_at(&factors, q) {
                     if !used.contains(&f.version) {
                         used.push(f.version);
@@ -349,8 +360,8 @@ fn line_of(dir: &Directory, site: &SiteEntry, b: &Booking, a: &Attribution) -> S
         site_id: b.site_id.clone(),
         zone_id: resource.map(|r| r.zone.id.clone()).unwrap_or_default(),
         starts_at: local_text(ms(b.starts_at), site.tz),
-        ends_at: local_text(ms(b.ends_at), site.tz),
-        booked_hours: r3((ms(b.ends_at) - ms(b.starts_at)) as f64 / 3_600_000.0),
+        ends_at: local_text(held_until(b), site.tz),
+        booked_hours: r3((held_until(b) - ms(b.starts_at)) as f64 / 3_600_000.0),
         kwh: r3(a.wh / 1000.0),
         co2_kg: (!a.no_factor).then(|| r3(a.co2_g / 1000.0)),
         solar_share: (a.wh > 0.0).then(|| (a.solar_wh / a.wh * 10_000.0).round() / 10_000.0),
@@ -435,7 +446,7 @@ pub async fn ev_sessions(
         .bookings
         .iter()
         .filter(|b| bays.contains(&b.resource_id))
-        .filter(|b| ms(b.ends_at) > from && ms(b.starts_at) < to)
+        .filter(|b| held_until(b) > from && ms(b.starts_at) < to)
         .collect();
     let ids: Vec<String> = ev.iter().map(|b| b.id.clone()).collect();
     let plans: HashMap<String, EvPlanRow> = state
@@ -454,7 +465,7 @@ pub async fn ev_sessions(
             resource_id: b.resource_id.clone(),
             charger_id: energy.chargers.get(&b.resource_id).map(|c| c.0.clone()),
             starts_at: local_text(ms(b.starts_at), site.tz),
-            ends_at: local_text(ms(b.ends_at), site.tz),
+            ends_at: local_text(held_until(b), site.tz),
             energy_wh: r3(a.wh),
             solar_wh: r3(a.solar_wh),
             solar_share: (a.wh > 0.0).then(|| (a.solar_wh / a.wh * 10_000.0).round() / 10_000.0),
@@ -492,7 +503,7 @@ fn unbooked(
     for (bay, (charger, series)) in &energy.chargers {
         let held = |q: i64| {
             booked.iter().any(|b| {
-                &b.resource_id == bay && ms(b.starts_at) < q + QUARTER_MS && ms(b.ends_at) > q
+                &b.resource_id == bay && ms(b.starts_at) < q + QUARTER_MS && held_until(b) > q
             })
         };
         let mut run: Option<(i64, i64, f64, f64, EnergyQuality)> = None;

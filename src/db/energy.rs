@@ -176,6 +176,11 @@ pub fn recompute(conn: &mut DbConnection, site_id: &str, from: i64, to: i64) -> 
         let (s, a, b) = counter_series(conn, *device, *metric, from, to)?;
         start = start.min(a);
         end = end.max(b);
+        // A meter with no reading within reach of the range (not installed yet, or long
+        // gone) is not part of the balance; one that is merely silent makes quarters missing.
+        if s.is_empty() && (a, b) == (from, to) {
+            continue;
+        }
         series.push((*flow, s));
     }
     let ledger = site_ledger(&series, start, end);
@@ -449,10 +454,12 @@ pub fn plans(conn: &mut DbConnection, booking_ids: &[String]) -> DbResult<Vec<Ev
         .load(c)?))
 }
 
-/// Bookings that hold energy: not cancelled and not released.
-const HOLDING: [&str; 3] = ["confirmed", "checked_in", "completed"];
+/// Bookings that held their resource: all but cancelled ones (a released no-show until its
+/// release).
+const HOLDING: [&str; 4] = ["confirmed", "checked_in", "completed", "released"];
 
-/// Desk bookings at some sites overlapping `[from, to)`: `(site, starts, ends)`.
+/// Desk bookings at some sites overlapping `[from, to)`: `(site, starts, ends)`, a released
+/// no-show ending at its release.
 pub fn desk_stays(
     conn: &mut DbConnection,
     site_ids: &[String],
@@ -467,8 +474,20 @@ pub fn desk_stays(
         .filter(bookings::status.eq_any(HOLDING))
         .filter(bookings::starts_at.lt(to))
         .filter(bookings::ends_at.gt(from))
-        .select((bookings::site_id, bookings::starts_at, bookings::ends_at))
-        .load(c)?))
+        .select((
+            bookings::site_id,
+            bookings::starts_at,
+            bookings::ends_at,
+            bookings::status,
+            bookings::cancelled_at,
+        ))
+        .load::<(String, NaiveDateTime, NaiveDateTime, String, Option<NaiveDateTime>)>(c)?)
+    .into_iter()
+    .map(|(site, s, e, status, released)| match released {
+        Some(at) if status == "released" => (site, s, e.min(at).max(s)),
+        _ => (site, s, e),
+    })
+    .collect())
 }
 
 /// Bookings that hold energy, overlapping `[from, to)`, of one organization.

@@ -12,6 +12,7 @@ mod concurrency;
 mod crash;
 mod dst;
 mod email;
+mod energy;
 mod mosquitto;
 mod network;
 mod ops;
