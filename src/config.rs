@@ -60,6 +60,8 @@ pub struct TelemetryConfig {
     pub release_secs: u64,
     /// Seconds between passes of the zone climate control.
     pub climate_secs: u64,
+    /// How often smart charging sets the chargers' current limits, seconds.
+    pub charging_secs: u64,
     /// Setpoints for comfort (and pre-conditioning) and for setback, °C.
     pub comfort_t_c: f64,
     pub eco_t_c: f64,
@@ -86,6 +88,7 @@ impl Default for TelemetryConfig {
             unlock_secs: 5,
             release_secs: 30,
             climate_secs: 30,
+            charging_secs: 60,
             comfort_t_c: 21.0,
             eco_t_c: 16.0,
             personal_retention_days: 90,
@@ -155,6 +158,7 @@ impl TelemetryConfig {
             unlock_secs: parsed("SPAZI_UNLOCK_SECS", d.unlock_secs)?.clamp(1, 3600),
             release_secs: parsed("SPAZI_RELEASE_SECS", d.release_secs)?.max(1),
             climate_secs: parsed("SPAZI_CLIMATE_SECS", d.climate_secs)?.max(1),
+            charging_secs: parsed("SPAZI_CHARGING_SECS", d.charging_secs)?.max(1),
             comfort_t_c: parsed("SPAZI_COMFORT_T_C", d.comfort_t_c)?.clamp(5.0, 35.0),
             eco_t_c: parsed("SPAZI_ECO_T_C", d.eco_t_c)?.clamp(5.0, 35.0),
             personal_retention_days: parsed(

@@ -61,6 +61,8 @@ pub struct Access {
     /// No-shows released.
     pub released: AtomicU64,
     pub climate_commands: AtomicU64,
+    /// Charger current limits sent by smart charging.
+    pub charge_limits: AtomicU64,
     /// Badge received to answer queued, microseconds, by `DECISION_BUCKETS_US`.
     decision_us: [AtomicU64; 8],
     decision_us_sum: AtomicU64,
@@ -105,6 +107,11 @@ impl Access {
                 "spazi_climate_commands_total",
                 "Zone climate commands sent.",
                 &self.climate_commands,
+            ),
+            (
+                "spazi_charge_limit_commands_total",
+                "Charger current limits sent by smart charging.",
+                &self.charge_limits,
             ),
         ] {
             let _ = writeln!(

@@ -28,6 +28,7 @@ use crate::jobs::release::Release;
 use crate::jobs::watch::{Thresholds, Watch};
 use crate::jobs::{retention, rollup};
 use crate::metrics::Metrics;
+use crate::telemetry::charging::SmartCharging;
 use crate::telemetry::climate::Climate;
 use crate::telemetry::doors::{AnswerBroker, Doors};
 use crate::telemetry::grant_lists;
@@ -274,11 +275,23 @@ async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: Str
                 db: state.db.clone(),
                 fleet: state.fleet.clone(),
                 directory: Arc::new(move || dir_state.directory()),
-                client,
+                client: client.clone(),
                 metrics: state.metrics.clone(),
                 every: Duration::from_secs(t.climate_secs),
                 comfort_c: t.comfort_t_c,
                 eco_c: t.eco_t_c,
+            }
+            .run(),
+        );
+        let dir_state = state.clone();
+        tokio::spawn(
+            SmartCharging {
+                db: state.db.clone(),
+                fleet: state.fleet.clone(),
+                directory: Arc::new(move || dir_state.directory()),
+                client,
+                metrics: state.metrics.clone(),
+                every: Duration::from_secs(t.charging_secs),
             }
             .run(),
         );

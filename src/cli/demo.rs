@@ -234,6 +234,13 @@ async fn book_demo_week(state: &AppState) -> anyhow::Result<()> {
             ends_at,
             attendees: None,
             note: None,
+            charging: dir
+                .resource(resource_id)
+                .filter(|r| r.kind == crate::domain::ResourceKind::EvBay)
+                .map(|_| crate::api::bookings::charging::ChargingRequest {
+                    target_wh: Some(15_000.0),
+                    mode: None,
+                }),
         };
         // A closure of the site that day is the policy working, not a failure of the demo.
         if let Err(e) = book(state, &caller, request).await {

@@ -539,3 +539,32 @@ pub fn device_energy(
 ) -> DbResult<BTreeMap<i64, (f64, EnergyQuality)>> {
     Ok(counter_series(conn, device, metric, from, to)?.0)
 }
+
+/// EV bay bookings in force at `now` (confirmed or checked in), with their charging plans.
+pub fn ev_bookings_now(
+    conn: &mut DbConnection,
+    now: NaiveDateTime,
+) -> DbResult<Vec<(super::models::Booking, Option<EvPlanRow>)>> {
+    use super::models::Booking;
+    use super::schema::{bookings, resources};
+    let list: Vec<Booking> = on_backend!(conn, |c| bookings::table
+        .inner_join(resources::table)
+        .filter(resources::kind.eq("ev_bay"))
+        .filter(bookings::status.eq_any(["confirmed", "checked_in"]))
+        .filter(bookings::starts_at.le(now))
+        .filter(bookings::ends_at.gt(now))
+        .select(Booking::as_select())
+        .load(c)?);
+    let ids: Vec<String> = list.iter().map(|b| b.id.clone()).collect();
+    let mut plans = plans(conn, &ids)?;
+    Ok(list
+        .into_iter()
+        .map(|b| {
+            let plan = plans
+                .iter()
+                .position(|p| p.booking_id == b.id)
+                .map(|i| plans.swap_remove(i));
+            (b, plan)
+        })
+        .collect())
+}

@@ -314,7 +314,7 @@ pub struct Plan {
 }
 
 /// What one session received in a simulation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Outcome {
     /// Energy delivered, Wh; never above the target.
     pub delivered_wh: f64,

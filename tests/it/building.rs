@@ -130,7 +130,7 @@ fn decode_header(raw: &str) -> String {
 }
 
 /// An MQTT client that records what arrives on `filter`.
-struct Watcher {
+pub struct Watcher {
     rx: mpsc::UnboundedReceiver<(String, Value)>,
     _client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
@@ -143,7 +143,7 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    async fn start(port: u16, filter: &str) -> Watcher {
+    pub async fn start(port: u16, filter: &str) -> Watcher {
         let id = format!("building-watch-{}", uuid::Uuid::new_v4().simple());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30))
@@ -188,7 +188,7 @@ impl Watcher {
     }
 
     /// Everything that arrives within `window`.
-    async fn collect(&mut self, window: Duration) -> Vec<(String, Value)> {
+    pub async fn collect(&mut self, window: Duration) -> Vec<(String, Value)> {
         let deadline = tokio::time::Instant::now() + window;
         let mut got = Vec::new();
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {

@@ -722,3 +722,196 @@ async fn statement_adds_up_its_bookings(backend: Backend) {
 }
 
 on_both!(statement, |b| statement_adds_up_its_bookings(b));
+
+// Smart charging: booking-time plans, and the limits sent to the chargers.
+
+async fn an_infeasible_target_is_reported_when_booked(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let org = app.create_org("Auto Srl", 400);
+    let member = app.user(Role::Member, Some(&org), &[]).await;
+    let (site, day) = app.open_day("large", 2);
+    let bay = app.resource_id(&site, "ev_bay").await;
+    let desk = app.resource_id(&site, "desk").await;
+    let book = |resource: String, from: u32, to: u32, charging: Value| {
+        let (app, member) = (&app, &member);
+        let body = json!({
+            "resource_id": resource,
+            "starts_at": app.local(&site, day, from, 0),
+            "ends_at": app.local(&site, day, to, 0),
+            "charging": charging,
+        });
+        async move { app.post_json("/api/v1/bookings", Some(&member.token), &body).await }
+    };
+    // 150 kWh in one hour is beyond a 22 kW charger.
+    let (s, b) = book(bay.clone(), 9, 10, json!({"target_wh": 150000, "mode": "fast"})).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["charging"]["feasible"], false, "{b}");
+    assert!(num(&b["charging"]["expected_wh"]) < 150_000.0);
+    assert!(b["charging"]["reason"].as_str().is_some_and(|r| r.contains("kWh")));
+    // 10 kWh over two hours is.
+    let (s, b) = book(bay.clone(), 11, 13, json!({"target_wh": 10000})).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["charging"]["mode"], "solar_first");
+    assert_eq!(b["charging"]["feasible"], true, "{b}");
+    assert_eq!(num(&b["charging"]["expected_wh"]), 10_000.0);
+    assert!(b["charging"]["reason"].is_null());
+    let id = b["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) AS n FROM ev_plans WHERE booking_id = '{id}' AND feasible"
+        )),
+        1
+    );
+    // Bad wishes name their field, and nothing is stored.
+    let before = app.count("SELECT COUNT(*) AS n FROM bookings");
+    let (s, b) = book(desk, 14, 15, json!({"target_wh": 1000})).await;
+    assert_field_error(s, &b, 422, "charging");
+    let (s, b) = book(bay.clone(), 14, 15, json!({"target_wh": -5})).await;
+    assert_field_error(s, &b, 422, "charging.target_wh");
+    let (s, b) = book(bay.clone(), 14, 15, json!({"mode": "turbo"})).await;
+    assert_eq!(s, 422, "{b}");
+    let (s, b) = book(bay, 14, 15, json!({"target_wh": 1000, "speed": 3})).await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(app.count("SELECT COUNT(*) AS n FROM bookings"), before);
+}
+
+on_both!(charging_at_booking, |b| an_infeasible_target_is_reported_when_booked(b));
+
+async fn chargers_get_limits_within_the_contracted_power(backend: Backend) {
+    use crate::building::Watcher;
+    use crate::telemetry::{device, now_ms, rig, Broker};
+    let rig = rig(backend, Broker::Embedded, |c| c).await;
+    let app = &rig.app;
+    let site = "bologna";
+    // A 20 kW contract.
+    let dir = app
+        .state
+        .db
+        .run(|c| {
+            use diesel::prelude::*;
+            use spazi::db::schema::sites;
+            diesel::update(sites::table.find("bologna"))
+                .set(sites::contracted_power_w.eq(20_000))
+                .execute(c)?;
+            spazi::db::network::Directory::load(c)
+        })
+        .await
+        .expect("contract");
+    app.state.replace_directory(dir);
+    let chargers: Vec<_> = app
+        .state
+        .fleet
+        .site(site)
+        .into_iter()
+        .filter(|d| d.class == DeviceClass::EvCharger)
+        .collect();
+    assert!(chargers.len() >= 2, "two chargers at {site}");
+    let (fast, walk_in) = (&chargers[0], &chargers[1]);
+    let org = app.create_org("Flotta Srl", 100);
+    let member = app.user(Role::Member, Some(&org), &[]).await;
+    let now = chrono::Utc::now();
+    let booking = app
+        .store_booking(
+            &member,
+            Some(&org),
+            fast.resource_id.as_deref().expect("bay"),
+            now - chrono::Duration::minutes(10),
+            now + chrono::Duration::hours(2),
+            0,
+        )
+        .await;
+    let plan = spazi::db::energy::EvPlanRow {
+        booking_id: booking.id.clone(),
+        mode: "fast".into(),
+        target_wh: Some(40_000.0),
+        expected_wh: 40_000.0,
+        expected_solar_wh: 0.0,
+        feasible: true,
+        created_at: now.naive_utc(),
+    };
+    app.state
+        .db
+        .run(move |c| spazi::db::energy::insert_plan(c, &plan))
+        .await
+        .expect("plan");
+
+    let mut limits = Watcher::start(rig.port, "spazi/v1/bologna/+/cmd/charge_limit").await;
+    let meters = device(rig.port, "energy-meters", None);
+    let mut sent = 0;
+    // PV and grid power (W); both cars plugged in and not yet drawing.
+    let mut publish = |pv: f64, grid: f64| {
+        let ts = now_ms();
+        let mut out = vec![
+            (
+                format!("spazi/v1/{site}/{site}-pv/tele/power"),
+                format!(r#"{{"v":1,"ts":{ts},"seq":{ts},"m":{{"p_w":{pv}}}}}"#),
+            ),
+            (
+                format!("spazi/v1/{site}/{site}-grid/tele/power"),
+                format!(r#"{{"v":1,"ts":{ts},"seq":{ts},"m":{{"p_w":{grid}}}}}"#),
+            ),
+        ];
+        for c in [fast, walk_in] {
+            out.push((
+                format!("spazi/v1/{site}/{}/tele/charger", c.id),
+                format!(
+                    r#"{{"v":1,"ts":{ts},"seq":{ts},"m":{{"state":"connected","p_w":0,"e_session_wh":0}}}}"#
+                ),
+            ));
+        }
+        sent += out.len();
+        (out, sent)
+    };
+    let limit_of = |got: &[(String, Value)], id: &str| -> Option<f64> {
+        got.iter()
+            .rev()
+            .find(|(t, _)| t.contains(&format!("/{id}/")))
+            .map(|(_, b)| b["m"]["limit_a"].as_f64().expect("limit_a"))
+    };
+    let check = |got: &[(String, Value)], headroom_w: f64| {
+        let mut total = 0.0;
+        for c in [fast, walk_in] {
+            let a = limit_of(got, &c.id).expect("a limit for each charger");
+            assert!(a == 0.0 || (6.0..=32.0).contains(&a), "{a} A");
+            total += a * 690.0;
+        }
+        assert!(total <= headroom_w + 1e-6, "{total} W over {headroom_w} W");
+        for (_, body) in got {
+            assert!(body["exp"].as_i64() > body["ts"].as_i64(), "{body}");
+            assert!(body["nonce"].as_str().is_some_and(|n| !n.is_empty()));
+        }
+    };
+
+    // Morning: 9 kW of PV, 3 kW imported: the building uses 12 kW, no surplus.
+    let (msgs, total) = publish(9_000.0, 3_000.0);
+    meters.send_all(&msgs, total).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    limits.collect(std::time::Duration::from_millis(1200)).await;
+    let got = limits.collect(std::time::Duration::from_millis(2500)).await;
+    // Headroom: 20 kW + 9 kW − 12 kW.
+    check(&got, 17_000.0);
+    assert!(limit_of(&got, &fast.id).expect("fast") >= 24.0, "{got:?}");
+    assert_eq!(limit_of(&got, &walk_in.id), Some(0.0), "no surplus for a car without booking");
+
+    // Noon: 20 kW of PV, 8 kW exported: 8 kW of surplus.
+    let (msgs, total) = publish(20_000.0, -8_000.0);
+    meters.send_all(&msgs, total).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    limits.collect(std::time::Duration::from_millis(1200)).await;
+    let got = limits.collect(std::time::Duration::from_millis(2500)).await;
+    check(&got, 28_000.0);
+    assert_eq!(limit_of(&got, &fast.id), Some(32.0), "{got:?}");
+    assert!(limit_of(&got, &walk_in.id).expect("walk-in") >= 6.0, "the surplus: {got:?}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("spazi_charge_limit_commands_total"));
+}
+
+on_both!(smart_charging, |b| chargers_get_limits_within_the_contracted_power(b));

@@ -92,6 +92,7 @@ pub fn test_config(database_url: String, mail_url: String) -> Config {
             health_secs: 1,
             release_secs: 1,
             climate_secs: 1,
+            charging_secs: 1,
             ..TelemetryConfig::default()
         },
     }

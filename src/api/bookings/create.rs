@@ -31,6 +31,8 @@ pub struct BookingRequest {
     pub ends_at: String,
     pub attendees: Option<i32>,
     pub note: Option<String>,
+    /// For an EV bay: the car's energy target and charging mode.
+    pub charging: Option<super::charging::ChargingRequest>,
 }
 
 /// What is being booked, once the resource is known.
@@ -47,6 +49,7 @@ struct Checked {
     attendees: i32,
     note: Option<String>,
     charge: Option<AllowanceCharge>,
+    charging: Option<super::charging::ChargingRequest>,
 }
 
 /// Parses a booking request and checks it against the resource, the site and the policy, from
@@ -97,6 +100,9 @@ fn check(
         now: now(),
     };
     errors.extend(policy::check_booking(&ctx, &range, attendees));
+    if let Some(ch) = &req.charging {
+        errors.extend(super::charging::validate(ch, target.resource.kind));
+    }
     let charge = caller.organization_id.as_ref().map(|o| AllowanceCharge {
         organization_id: o.clone(),
         month: policy::allowance_month(&range, site.tz),
@@ -118,6 +124,7 @@ fn check(
             attendees,
             note,
             charge,
+            charging: req.charging,
         }),
     )
 }
@@ -271,7 +278,13 @@ async fn store_booking(
         .fetch_add(1, Ordering::Relaxed);
     state.mail_waker.notify_one();
     state.grants.refresh(&state.db, &booking.id).await;
-    Ok(booking_out(booking, &site, &resource))
+    let charging = match &c.charging {
+        Some(req) => Some(super::charging::plan(state, &site, &booking, req).await?),
+        None => None,
+    };
+    let mut out = booking_out(booking, &site, &resource);
+    out.charging = charging;
+    Ok(out)
 }
 
 #[derive(Serialize, ToSchema)]

@@ -1,5 +1,6 @@
 //! Bookings: quote, create, list, read, calendar file, cancel and check-in.
 
+pub mod charging;
 pub mod create;
 pub mod read;
 pub mod status;
@@ -44,6 +45,9 @@ pub struct BookingOut {
     pub updated_at: String,
     pub checked_in_at: Option<String>,
     pub cancelled_at: Option<String>,
+    /// For an EV bay booked with a charging wish: the plan made when it was booked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub charging: Option<charging::ChargingPlan>,
 }
 
 /// The booking as clients see it; its resource and site come from the directory.
@@ -67,6 +71,7 @@ pub fn booking_out(b: Booking, site: &SiteEntry, resource: &ResourceEntry) -> Bo
         updated_at: utc_text(utc(b.updated_at)),
         checked_in_at: b.checked_in_at.map(|t| utc_text(utc(t))),
         cancelled_at: b.cancelled_at.map(|t| utc_text(utc(t))),
+        charging: None,
         id: b.id,
     }
 }
