@@ -64,7 +64,10 @@ impl Scope {
 /// everything; a region needs every one of its sites, the network a network admin.
 pub fn scope_of(state: &AppState, caller: &Caller, raw: Option<&str>) -> Result<Scope, ApiError> {
     let raw = raw.ok_or_else(|| {
-        ApiError::field("scope", "required: site:{site_id}, region:{region} or network")
+        ApiError::field(
+            "scope",
+            "required: site:{site_id}, region:{region} or network",
+        )
     })?;
     let dir = state.directory();
     if raw == "network" {
@@ -125,12 +128,7 @@ fn bound(q: &Query, name: &str, tz: Tz) -> Option<Result<i64, FieldError>> {
 }
 
 /// `from` and `to`, both required, `to` after `from` and at most `max_days` later.
-pub fn range(
-    q: &Query,
-    tz: Tz,
-    max_days: i64,
-    errors: &mut Errors,
-) -> Option<(i64, i64)> {
+pub fn range(q: &Query, tz: Tz, max_days: i64, errors: &mut Errors) -> Option<(i64, i64)> {
     let mut required = |name: &str| match bound(q, name, tz) {
         Some(r) => errors.take(r),
         None => {
@@ -291,7 +289,10 @@ pub async fn report(
     let mut errors = Errors::default();
     let interval = match q.str("interval").unwrap_or("15m") {
         "1y" => {
-            errors.push(FieldError::new("interval", "must be one of: 15m, 1h, 1d, 1mo"));
+            errors.push(FieldError::new(
+                "interval",
+                "must be one of: 15m, 1h, 1d, 1mo",
+            ));
             None
         }
         raw => errors.take(
@@ -379,7 +380,9 @@ impl From<&FactorRow> for FactorOut {
 }
 
 /// The emission factors and their domain form.
-pub async fn load_factors(state: &AppState) -> Result<(Vec<FactorRow>, Vec<EmissionFactor>), ApiError> {
+pub async fn load_factors(
+    state: &AppState,
+) -> Result<(Vec<FactorRow>, Vec<EmissionFactor>), ApiError> {
     let rows = state.db.run(store::factors).await?;
     let factors = rows.iter().map(FactorRow::factor).collect();
     Ok((rows, factors))
@@ -556,7 +559,10 @@ pub async fn kpis(
         "month" => Some(Some(Interval::Month)),
         "year" => Some(Some(Interval::Year)),
         _ => {
-            errors.push(FieldError::new("period", "must be one of: day, month, year, all"));
+            errors.push(FieldError::new(
+                "period",
+                "must be one of: day, month, year, all",
+            ));
             None
         }
     };
@@ -656,7 +662,10 @@ pub async fn add_factor(
     let Json(f, _) = body;
     let mut errors = Errors::default();
     if !f.value.is_finite() || !(0.0..=2_000.0).contains(&f.value) {
-        errors.push(FieldError::new("value", "must be a number from 0 to 2000 (g CO₂/kWh)"));
+        errors.push(FieldError::new(
+            "value",
+            "must be a number from 0 to 2000 (g CO₂/kWh)",
+        ));
     }
     if f.unit.as_deref().is_some_and(|u| u != FACTOR_UNIT) {
         errors.push(FieldError::new("unit", format!("must be {FACTOR_UNIT}")));
@@ -667,9 +676,8 @@ pub async fn add_factor(
     }
     let valid_from = match NaiveDate::parse_from_str(&f.valid_from, "%Y-%m-%d") {
         Ok(d) => Some(d.and_time(chrono::NaiveTime::MIN)),
-        Err(_) => errors.take(
-            crate::domain::time_range::parse_instant(&f.valid_from, "valid_from").map(naive),
-        ),
+        Err(_) => errors
+            .take(crate::domain::time_range::parse_instant(&f.valid_from, "valid_from").map(naive)),
     };
     errors.finish()?;
     let Some(valid_from) = valid_from else {

@@ -18,7 +18,7 @@ use crate::db::energy::{self as store, EnergyRow, EvPlanRow};
 use crate::db::models::Booking;
 use crate::db::network::{Directory, SiteEntry};
 use crate::db::DbError;
-use crate::domain::energy::{factor_at, quarter_share, EmissionFactor, Quarter, Stay};
+use crate::domain::energy::{factor_at, quarter_share, EmissionFactor, Quarter, Series, Stay};
 use crate::domain::opening_hours::local_day_start;
 use crate::domain::quarters::{quarter_start, QUARTER_MS};
 use crate::domain::telemetry::Metric;
@@ -91,7 +91,7 @@ struct SiteEnergy {
     lines: HashMap<i64, Quarter>,
     bookings: Vec<Booking>,
     /// Charger energy per bay: quarter → Wh.
-    chargers: HashMap<String, (String, BTreeMap<i64, (f64, EnergyQuality)>)>,
+    chargers: HashMap<String, (String, Series)>,
 }
 
 async fn site_energy(
@@ -309,7 +309,7 @@ pub async fn statement(
             continue;
         };
         let from = list.iter().map(|b| ms(b.starts_at)).min().unwrap_or(0);
-        let to = list.iter().map(|b| held_until(b)).max().unwrap_or(0);
+        let to = list.iter().map(held_until).max().unwrap_or(0);
         let bays: Vec<String> = list.iter().map(|b| b.resource_id.clone()).collect();
         let energy = site_energy(&state, &site, from, to, &bays).await?;
         for b in &list {
@@ -334,11 +334,7 @@ pub async fn statement(
         bookings: lines.len(),
         booked_hours: r3(lines.iter().map(|l| l.booked_hours).sum()),
         kwh: r3(kwh),
-        co2_kg: lines
-            .iter()
-            .map(|l| l.co2_kg)
-            .sum::<Option<f64>>()
-            .map(r3),
+        co2_kg: lines.iter().map(|l| l.co2_kg).sum::<Option<f64>>().map(r3),
         solar_share: (kwh > 0.0).then(|| (solar / kwh * 10_000.0).round() / 10_000.0),
     };
     used.sort_unstable();
@@ -473,9 +469,7 @@ pub async fn ev_sessions(
             target_wh: plan.and_then(|p| p.target_wh),
             expected_wh: plan.map(|p| r3(p.expected_wh)),
             feasible: plan.map(|p| p.feasible),
-            target_met: plan
-                .and_then(|p| p.target_wh)
-                .map(|t| a.wh + 0.5 >= t),
+            target_met: plan.and_then(|p| p.target_wh).map(|t| a.wh + 0.5 >= t),
             quality: a.quality.unwrap_or(EnergyQuality::Missing),
         });
     }

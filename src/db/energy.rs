@@ -12,7 +12,7 @@ use super::schema::{
 use super::telemetry::RollupRow;
 use super::{write_transaction, DbConnection, DbResult};
 use crate::domain::energy::{
-    counter_energy, site_ledger, CounterQuarter, EmissionFactor, Flow, Quarter,
+    counter_energy, site_ledger, CounterQuarter, EmissionFactor, Flow, Quarter, Series,
 };
 use crate::domain::quarters::QUARTER_MS;
 use crate::domain::telemetry::Metric;
@@ -147,11 +147,13 @@ fn counter_series(
     metric: Metric,
     from: i64,
     to: i64,
-) -> DbResult<(BTreeMap<i64, (f64, EnergyQuality)>, i64, i64)> {
+) -> DbResult<(Series, i64, i64)> {
     let code = metric.code();
-    let before = rollup_at(conn, device, code, from, true)?
-        .filter(|p| p.bucket >= from - GAP_REACH_MS);
-    let start = before.as_ref().map_or(from, |p| (p.bucket + QUARTER_MS).min(from));
+    let before =
+        rollup_at(conn, device, code, from, true)?.filter(|p| p.bucket >= from - GAP_REACH_MS);
+    let start = before
+        .as_ref()
+        .map_or(from, |p| (p.bucket + QUARTER_MS).min(from));
     let after = rollup_at(conn, device, code, to, false)?.filter(|n| n.bucket < to + GAP_REACH_MS);
     let end = after.as_ref().map_or(to, |n| n.bucket + QUARTER_MS);
     let rows = super::telemetry::rollups(conn, device, code, start, end)?;
@@ -168,7 +170,12 @@ fn counter_series(
 
 /// Recomputes a site's ledger over `[from, to)` (quarter boundaries) and the sums of its region,
 /// reaching as far as the gaps at the edges need. Returns the range rewritten.
-pub fn recompute(conn: &mut DbConnection, site_id: &str, from: i64, to: i64) -> DbResult<(i64, i64)> {
+pub fn recompute(
+    conn: &mut DbConnection,
+    site_id: &str,
+    from: i64,
+    to: i64,
+) -> DbResult<(i64, i64)> {
     let counters = site_counters(conn, site_id)?;
     let mut series = Vec::with_capacity(counters.len());
     let (mut start, mut end) = (from, to);
@@ -221,6 +228,17 @@ pub fn recompute(conn: &mut DbConnection, site_id: &str, from: i64, to: i64) -> 
     Ok((start, end))
 }
 
+/// A region's quarter as summed by the database: bucket, the five sums, and the sites.
+type RegionSum = (
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    i64,
+);
+
 /// Rewrites a region's sums over `[from, to)` from its sites' ledgers.
 pub fn sum_region(conn: &mut DbConnection, region: &str, from: i64, to: i64) -> DbResult<()> {
     write_transaction(conn, |conn| write_region(conn, region, from, to))
@@ -229,23 +247,22 @@ pub fn sum_region(conn: &mut DbConnection, region: &str, from: i64, to: i64) -> 
 /// [`sum_region`] inside the caller's transaction.
 fn write_region(conn: &mut DbConnection, region: &str, from: i64, to: i64) -> DbResult<()> {
     use diesel::dsl::{count_star, sum};
-    let lines: Vec<(i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, i64)> =
-        on_backend!(conn, |c| energy_15m::table
-            .inner_join(sites::table)
-            .filter(sites::region.eq(region))
-            .filter(energy_15m::bucket.ge(from))
-            .filter(energy_15m::bucket.lt(to))
-            .group_by(energy_15m::bucket)
-            .select((
-                energy_15m::bucket,
-                sum(energy_15m::pv_wh),
-                sum(energy_15m::import_wh),
-                sum(energy_15m::export_wh),
-                sum(energy_15m::ev_wh),
-                sum(energy_15m::load_wh),
-                count_star(),
-            ))
-            .load(c)?);
+    let lines: Vec<RegionSum> = on_backend!(conn, |c| energy_15m::table
+        .inner_join(sites::table)
+        .filter(sites::region.eq(region))
+        .filter(energy_15m::bucket.ge(from))
+        .filter(energy_15m::bucket.lt(to))
+        .group_by(energy_15m::bucket)
+        .select((
+            energy_15m::bucket,
+            sum(energy_15m::pv_wh),
+            sum(energy_15m::import_wh),
+            sum(energy_15m::export_wh),
+            sum(energy_15m::ev_wh),
+            sum(energy_15m::load_wh),
+            count_star(),
+        ))
+        .load(c)?);
     let qualities: Vec<(i64, i16, i64)> = on_backend!(conn, |c| energy_15m::table
         .inner_join(sites::table)
         .filter(sites::region.eq(region))
@@ -481,7 +498,13 @@ pub fn desk_stays(
             bookings::status,
             bookings::cancelled_at,
         ))
-        .load::<(String, NaiveDateTime, NaiveDateTime, String, Option<NaiveDateTime>)>(c)?)
+        .load::<(
+            String,
+            NaiveDateTime,
+            NaiveDateTime,
+            String,
+            Option<NaiveDateTime>
+        )>(c)?)
     .into_iter()
     .map(|(site, s, e, status, released)| match released {
         Some(at) if status == "released" => (site, s, e.min(at).max(s)),
@@ -536,7 +559,7 @@ pub fn device_energy(
     metric: Metric,
     from: i64,
     to: i64,
-) -> DbResult<BTreeMap<i64, (f64, EnergyQuality)>> {
+) -> DbResult<Series> {
     Ok(counter_series(conn, device, metric, from, to)?.0)
 }
 

@@ -16,8 +16,8 @@ macro_rules! on_backend {
 
 pub mod access;
 pub mod alarms;
-pub mod energy;
 pub mod bookings;
+pub mod energy;
 pub mod idempotency;
 pub mod migrations;
 pub mod models;

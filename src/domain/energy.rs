@@ -28,6 +28,9 @@ pub const TYPICAL_CLEARNESS: f64 = 0.7;
 /// The emission factor's unit.
 pub const FACTOR_UNIT: &str = "g_co2_per_kwh";
 
+/// A counter's energy per quarter (bucket → Wh and quality).
+pub type Series = BTreeMap<i64, (f64, EnergyQuality)>;
+
 /// One quarter of one counter of one meter, as rolled up.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CounterQuarter {
@@ -44,10 +47,7 @@ pub struct CounterQuarter {
 /// row to the last (gaps filled by spreading). `prev` is the counter's last quarter before
 /// `rows` (if any), so a gap reaching back before the first row is spread as well; its own
 /// quarter is not returned.
-pub fn counter_energy(
-    prev: Option<CounterQuarter>,
-    rows: &[CounterQuarter],
-) -> BTreeMap<i64, (f64, EnergyQuality)> {
+pub fn counter_energy(prev: Option<CounterQuarter>, rows: &[CounterQuarter]) -> Series {
     let mut out = BTreeMap::new();
     let mut last = prev;
     for r in rows {
@@ -146,11 +146,7 @@ fn worse(a: EnergyQuality, b: EnergyQuality) -> EnergyQuality {
 /// The site's ledger for every quarter in `[from, to)` that at least one counter covers, from
 /// each counter's energy per quarter (see [`counter_energy`]). A quarter one counter does not
 /// cover is `missing` as a whole; consumption is import + PV − export, never below zero.
-pub fn site_ledger(
-    counters: &[(Flow, BTreeMap<i64, (f64, EnergyQuality)>)],
-    from: i64,
-    to: i64,
-) -> Vec<Quarter> {
+pub fn site_ledger(counters: &[(Flow, Series)], from: i64, to: i64) -> Vec<Quarter> {
     let mut buckets: BTreeMap<i64, Quarter> = BTreeMap::new();
     for (_, series) in counters {
         for &b in series.range(from..to).map(|(b, _)| b) {
@@ -226,9 +222,7 @@ impl Interval {
             Interval::Hour => local.minute() == 0,
             Interval::Day => local.hour() == 0 && local.minute() == 0,
             Interval::Month => local.day() == 1 && local.hour() == 0 && local.minute() == 0,
-            Interval::Year => {
-                local.ordinal() == 1 && local.hour() == 0 && local.minute() == 0
-            }
+            Interval::Year => local.ordinal() == 1 && local.hour() == 0 && local.minute() == 0,
         }
     }
 }

@@ -18,8 +18,8 @@ pub mod telemetry;
 pub mod time_range;
 
 pub use kinds::{
-    AlarmKind, AlarmState, BookingStatus, ChargeMode, ClimateMode, DenyReason, DeviceClass, DeviceStatus,
-    EnergyQuality, ResourceKind, Role,
+    AlarmKind, AlarmState, BookingStatus, ChargeMode, ClimateMode, DenyReason, DeviceClass,
+    DeviceStatus, EnergyQuality, ResourceKind, Role,
 };
 pub use time_range::TimeRange;
 

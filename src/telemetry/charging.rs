@@ -159,7 +159,10 @@ impl SmartCharging {
             let demands: Vec<Demand> = plugged
                 .iter()
                 .map(|d| {
-                    let booking = d.resource_id.as_deref().and_then(|r| by_bay.get(r).copied());
+                    let booking = d
+                        .resource_id
+                        .as_deref()
+                        .and_then(|r| by_bay.get(r).copied());
                     demand(d, booking, now_ms)
                 })
                 .collect();
@@ -187,7 +190,9 @@ impl SmartCharging {
                             .fetch_add(1, Ordering::Relaxed);
                         sent.insert(charger.id.clone(), limit);
                     }
-                    Err(e) => tracing::warn!(charger = %charger.id, error = %e, "charge limit not sent"),
+                    Err(e) => {
+                        tracing::warn!(charger = %charger.id, error = %e, "charge limit not sent")
+                    }
                 }
             }
         }

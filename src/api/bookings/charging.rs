@@ -50,7 +50,10 @@ pub struct ChargingPlan {
 pub fn validate(req: &ChargingRequest, kind: ResourceKind) -> Vec<FieldError> {
     let mut errors = Vec::new();
     if kind != ResourceKind::EvBay {
-        errors.push(FieldError::new("charging", "only an EV bay's booking charges a car"));
+        errors.push(FieldError::new(
+            "charging",
+            "only an EV bay's booking charges a car",
+        ));
     }
     if let Some(t) = req.target_wh {
         if !t.is_finite() || !(1.0..=MAX_TARGET_WH).contains(&t) {
