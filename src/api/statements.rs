@@ -118,7 +118,8 @@ async fn site_energy(
         .db
         .run(move |c| {
             let lines = store::site_lines(c, std::slice::from_ref(&id), qf, qt)?;
-            let bookings = store::site_bookings(c, &id, ms_naive(qf), ms_naive(qt))?;
+            let bookings =
+                store::holding_bookings(c, store::Holder::Site(&id), ms_naive(qf), ms_naive(qt))?;
             let mut series = HashMap::new();
             for (bay, device, num) in chargers {
                 let s = store::device_energy(c, num, Metric::EImpWh, qf, qt)?;
@@ -288,7 +289,14 @@ pub async fn statement(
     let o = org.clone();
     let bookings = state
         .db
-        .run(move |c| store::organization_bookings(c, &o, ms_naive(from), ms_naive(to)))
+        .run(move |c| {
+            store::holding_bookings(
+                c,
+                store::Holder::Organization(&o),
+                ms_naive(from),
+                ms_naive(to),
+            )
+        })
         .await?;
     let dir = state.directory();
     let mut by_site: BTreeMap<String, Vec<Booking>> = BTreeMap::new();

@@ -513,42 +513,37 @@ pub fn desk_stays(
     .collect())
 }
 
-/// Bookings that hold energy, overlapping `[from, to)`, of one organization.
-pub fn organization_bookings(
-    conn: &mut DbConnection,
-    organization_id: &str,
-    from: NaiveDateTime,
-    to: NaiveDateTime,
-) -> DbResult<Vec<super::models::Booking>> {
-    use super::models::Booking;
-    use super::schema::bookings;
-    Ok(on_backend!(conn, |c| bookings::table
-        .filter(bookings::organization_id.eq(organization_id))
-        .filter(bookings::status.eq_any(HOLDING))
-        .filter(bookings::starts_at.lt(to))
-        .filter(bookings::ends_at.gt(from))
-        .order((bookings::starts_at, bookings::id))
-        .select(Booking::as_select())
-        .load(c)?))
+/// Whose bookings: one organization's, or one site's.
+#[derive(Debug, Clone, Copy)]
+pub enum Holder<'a> {
+    Organization(&'a str),
+    Site(&'a str),
 }
 
-/// Bookings that hold energy, overlapping `[from, to)`, at one site.
-pub fn site_bookings(
+/// Bookings that held their resource, overlapping `[from, to)`, of an organization or at a site,
+/// by start.
+pub fn holding_bookings(
     conn: &mut DbConnection,
-    site_id: &str,
+    holder: Holder,
     from: NaiveDateTime,
     to: NaiveDateTime,
 ) -> DbResult<Vec<super::models::Booking>> {
     use super::models::Booking;
     use super::schema::bookings;
-    Ok(on_backend!(conn, |c| bookings::table
-        .filter(bookings::site_id.eq(site_id))
-        .filter(bookings::status.eq_any(HOLDING))
-        .filter(bookings::starts_at.lt(to))
-        .filter(bookings::ends_at.gt(from))
-        .order((bookings::starts_at, bookings::id))
-        .select(Booking::as_select())
-        .load(c)?))
+    Ok(on_backend!(conn, |c| {
+        let q = bookings::table
+            .filter(bookings::status.eq_any(HOLDING))
+            .filter(bookings::starts_at.lt(to))
+            .filter(bookings::ends_at.gt(from))
+            .into_boxed();
+        let q = match holder {
+            Holder::Organization(o) => q.filter(bookings::organization_id.eq(o.to_owned())),
+            Holder::Site(s) => q.filter(bookings::site_id.eq(s.to_owned())),
+        };
+        q.order((bookings::starts_at, bookings::id))
+            .select(Booking::as_select())
+            .load(c)?
+    }))
 }
 
 /// One counter's energy per quarter over `[from, to)`, gaps spread (see

@@ -104,10 +104,11 @@ pub async fn plan(
     let (others, plans) = state
         .db
         .run(move |c| {
-            let others: Vec<Booking> = store::site_bookings(c, &site_id, from, to)?
-                .into_iter()
-                .filter(|b| bays.contains(&b.resource_id))
-                .collect();
+            let others: Vec<Booking> =
+                store::holding_bookings(c, store::Holder::Site(&site_id), from, to)?
+                    .into_iter()
+                    .filter(|b| bays.contains(&b.resource_id))
+                    .collect();
             let ids: Vec<String> = others.iter().map(|b| b.id.clone()).collect();
             Ok::<_, DbError>((others, store::plans(c, &ids)?))
         })
