@@ -47,7 +47,8 @@ impl Modify for BearerAuth {
         occupancy::ResourceOccupancy, utilisation::Utilisation, utilisation::UtilisationItem,
         energy::EnergyReport, energy::EnergyInterval, energy::KpiReport, energy::KpiPeriod, energy::FactorOut,
         energy::NewFactor, statements::Statement, statements::StatementLine, statements::StatementTotals,
-        statements::EvSession, statements::EvSessions, crate::domain::EnergyQuality, crate::domain::ChargeMode,
+        statements::EvSession, statements::EvSessions, bookings::charging::ChargingRequest,
+        bookings::charging::ChargingPlan, crate::domain::EnergyQuality, crate::domain::ChargeMode,
         crate::domain::DeviceClass, crate::domain::DeviceStatus, crate::domain::AlarmKind, crate::domain::AlarmState)),
     modifiers(&BearerAuth),
 )]

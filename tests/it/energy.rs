@@ -39,9 +39,7 @@ fn meters(app: &TestApp, site: &str) -> SiteMeters {
     let find = |class: DeviceClass| {
         devices
             .iter()
-            .find(|d| {
-                d.class == class && (class == DeviceClass::EvCharger || d.zone_id.is_none())
-            })
+            .find(|d| d.class == class && (class == DeviceClass::EvCharger || d.zone_id.is_none()))
             .unwrap_or_else(|| panic!("a {class:?} at {site}"))
             .clone()
     };
@@ -100,7 +98,11 @@ fn counters(
         out.push(Message {
             ts,
             seq,
-            counters: metrics.iter().copied().zip(values.iter().copied()).collect(),
+            counters: metrics
+                .iter()
+                .copied()
+                .zip(values.iter().copied())
+                .collect(),
             epoch,
         });
         ts += STEP_MS;
@@ -275,15 +277,15 @@ async fn ledger_follows_the_counters(backend: Backend) {
     let lines = report["intervals"].as_array().expect("intervals");
     // 31 days, one of them 25 hours long.
     assert_eq!(lines.len(), 31 * 96 + 4);
-    let starts: Vec<i64> = (0..lines.len() as i64).map(|i| from + i * QUARTER_MS).collect();
+    let starts: Vec<i64> = (0..lines.len() as i64)
+        .map(|i| from + i * QUARTER_MS)
+        .collect();
 
     let pv = differences(&data.pv, 0);
     let import = differences(&data.grid, 0);
     let export = differences(&data.grid, 1);
     let ev = differences(&data.ev, 0);
-    let gap_quarters: Vec<i64> = (gap_from..=gap_to)
-        .step_by(QUARTER_MS as usize)
-        .collect();
+    let gap_quarters: Vec<i64> = (gap_from..=gap_to).step_by(QUARTER_MS as usize).collect();
     let reset_quarter = quarter_start(data.reset, Rome);
     let (mut pv_total, mut gap_sum) = (0.0, 0.0);
     for (line, q) in lines.iter().zip(&starts) {
@@ -307,8 +309,18 @@ async fn ledger_follows_the_counters(backend: Backend) {
             assert_eq!(quality, "measured", "{line}");
         }
         assert_eq!(num(&line["pv_wh"]), pv[q], "PV at {}", line["start"]);
-        assert_eq!(num(&line["import_wh"]), import[q], "import at {}", line["start"]);
-        assert_eq!(num(&line["export_wh"]), export[q], "export at {}", line["start"]);
+        assert_eq!(
+            num(&line["import_wh"]),
+            import[q],
+            "import at {}",
+            line["start"]
+        );
+        assert_eq!(
+            num(&line["export_wh"]),
+            export[q],
+            "export at {}",
+            line["start"]
+        );
         assert_eq!(num(&line["ev_wh"]), ev[q], "EV at {}", line["start"]);
         assert_eq!(
             num(&line["load_wh"]),
@@ -318,11 +330,21 @@ async fn ledger_follows_the_counters(backend: Backend) {
         );
     }
     let gap_expected: f64 = gap_quarters.iter().map(|q| pv[q]).sum();
-    assert!((gap_sum - gap_expected).abs() < 0.01, "{gap_sum} vs {gap_expected}");
+    assert!(
+        (gap_sum - gap_expected).abs() < 0.01,
+        "{gap_sum} vs {gap_expected}"
+    );
     let month_pv: f64 = pv.values().sum();
     let last = data.pv.last().expect("readings").counters[0].1;
-    assert_eq!(month_pv, last - data.pv[0].counters[0].1, "counter difference");
-    assert!((pv_total - month_pv).abs() < 0.01, "{pv_total} vs {month_pv}");
+    assert_eq!(
+        month_pv,
+        last - data.pv[0].counters[0].1,
+        "counter difference"
+    );
+    assert!(
+        (pv_total - month_pv).abs() < 0.01,
+        "{pv_total} vs {month_pv}"
+    );
     assert!((num(&report["totals"]["pv_wh"]) - month_pv).abs() < 0.01);
     assert_eq!(report["totals"]["quality"], "estimated");
 
@@ -385,7 +407,14 @@ async fn ledger_follows_the_counters(backend: Backend) {
     }
 
     // The region and the network see the site's energy.
-    let region = app.state.directory().get(site).expect("site").site.region.clone();
+    let region = app
+        .state
+        .directory()
+        .get(site)
+        .expect("site")
+        .site
+        .region
+        .clone();
     let (status, by_region) = app
         .get_json(
             &format!(
@@ -462,26 +491,60 @@ async fn energy_routes_check_scope_and_input(backend: Backend) {
         let app = &app;
         async move { app.get_json(&path, Some(&token)).await }
     };
-    let (s, _) = get(format!("/api/v1/energy?scope=site:bologna&{ok}"), manager.token.clone()).await;
+    let (s, _) = get(
+        format!("/api/v1/energy?scope=site:bologna&{ok}"),
+        manager.token.clone(),
+    )
+    .await;
     assert_eq!(s, 200);
-    let (s, _) = get(format!("/api/v1/energy?scope=site:{elsewhere}&{ok}"), manager.token.clone()).await;
+    let (s, _) = get(
+        format!("/api/v1/energy?scope=site:{elsewhere}&{ok}"),
+        manager.token.clone(),
+    )
+    .await;
     assert_eq!(s, 403, "another site");
-    let (s, _) = get(format!("/api/v1/energy?scope=network&{ok}"), manager.token.clone()).await;
+    let (s, _) = get(
+        format!("/api/v1/energy?scope=network&{ok}"),
+        manager.token.clone(),
+    )
+    .await;
     assert_eq!(s, 403);
-    let (s, _) = get(format!("/api/v1/energy?scope=site:bologna&{ok}"), member.token.clone()).await;
+    let (s, _) = get(
+        format!("/api/v1/energy?scope=site:bologna&{ok}"),
+        member.token.clone(),
+    )
+    .await;
     assert_eq!(s, 403);
-    let (s, _) = get(format!("/api/v1/energy?scope=site:nowhere&{ok}"), manager.token.clone()).await;
+    let (s, _) = get(
+        format!("/api/v1/energy?scope=site:nowhere&{ok}"),
+        manager.token.clone(),
+    )
+    .await;
     assert_eq!(s, 404);
-    let (s, _) = app.get_json(&format!("/api/v1/energy?scope=site:bologna&{ok}"), None).await;
+    let (s, _) = app
+        .get_json(&format!("/api/v1/energy?scope=site:bologna&{ok}"), None)
+        .await;
     assert_eq!(s, 401);
     for (query, field) in [
         (format!("scope=site:bologna&{ok}&interval=2h"), "interval"),
         (format!("scope=bologna&{ok}"), "scope"),
-        ("scope=site:bologna&from=2026-10-02&to=2026-10-01".into(), "to"),
-        ("scope=site:bologna&from=yesterday&to=2026-10-01".into(), "from"),
-        ("scope=site:bologna&from=2026-10-01T10:07:00Z&to=2026-10-02".into(), "from"),
+        (
+            "scope=site:bologna&from=2026-10-02&to=2026-10-01".into(),
+            "to",
+        ),
+        (
+            "scope=site:bologna&from=yesterday&to=2026-10-01".into(),
+            "from",
+        ),
+        (
+            "scope=site:bologna&from=2026-10-01T10:07:00Z&to=2026-10-02".into(),
+            "from",
+        ),
         ("scope=site:bologna&from=2026-10-01".into(), "to"),
-        ("scope=site:bologna&from=2024-01-01&to=2026-01-01&interval=15m".into(), "to"),
+        (
+            "scope=site:bologna&from=2024-01-01&to=2026-01-01&interval=15m".into(),
+            "to",
+        ),
     ] {
         let (s, body) = get(format!("/api/v1/energy?{query}"), manager.token.clone()).await;
         assert_field_error(s, &body, 422, field);
@@ -497,8 +560,16 @@ async fn energy_routes_check_scope_and_input(backend: Backend) {
 on_both!(energy_input, |b| energy_routes_check_scope_and_input(b));
 
 /// One day of the site's meters: PV, grid and the charger, every 5 minutes, at constant rates.
-async fn feed_day(app: &TestApp, m: &SiteMeters, day: (i32, u32, u32), rates: [f64; 4]) -> (i64, i64) {
-    let (from, to) = (day_ms(day.0, day.1, day.2), day_ms(day.0, day.1, day.2) + 86_400_000);
+async fn feed_day(
+    app: &TestApp,
+    m: &SiteMeters,
+    day: (i32, u32, u32),
+    rates: [f64; 4],
+) -> (i64, i64) {
+    let (from, to) = (
+        day_ms(day.0, day.1, day.2),
+        day_ms(day.0, day.1, day.2) + 86_400_000,
+    );
     // One reading just before the day, so the day's first quarter has a mark to count from.
     let start = from - STEP_MS;
     let pv = counters(start, to, &[Metric::EExpWh], 1_000.0, None, |_, _| rates[0]);
@@ -546,10 +617,22 @@ async fn kpis_state_the_factor_they_used(backend: Backend) {
         .await;
     assert_eq!(s, 403);
     for (body, field) in [
-        (json!({"value": -1.0, "source": "x", "valid_from": "2026-01-01"}), "value"),
-        (json!({"value": 1.0, "source": "", "valid_from": "2026-01-01"}), "source"),
-        (json!({"value": 1.0, "source": "x", "valid_from": "soon"}), "valid_from"),
-        (json!({"value": 1.0, "unit": "kg", "source": "x", "valid_from": "2026-01-01"}), "unit"),
+        (
+            json!({"value": -1.0, "source": "x", "valid_from": "2026-01-01"}),
+            "value",
+        ),
+        (
+            json!({"value": 1.0, "source": "", "valid_from": "2026-01-01"}),
+            "source",
+        ),
+        (
+            json!({"value": 1.0, "source": "x", "valid_from": "soon"}),
+            "valid_from",
+        ),
+        (
+            json!({"value": 1.0, "unit": "kg", "source": "x", "valid_from": "2026-01-01"}),
+            "unit",
+        ),
     ] {
         let (s, out) = app
             .post_json("/api/v1/energy/emission-factors", Some(&admin.token), &body)
@@ -645,8 +728,15 @@ async fn statement_adds_up_its_bookings(backend: Backend) {
     let b = app
         .store_booking(&member, Some(&org), &same_zone[1], at(11, 0), at(17, 30), 0)
         .await;
-    app.store_booking(&stranger, Some(&other), &same_zone[2], at(10, 0), at(12, 0), 0)
-        .await;
+    app.store_booking(
+        &stranger,
+        Some(&other),
+        &same_zone[2],
+        at(10, 0),
+        at(12, 0),
+        0,
+    )
+    .await;
     let ev = app
         .store_booking(&member, Some(&org), &m.bay, at(8, 0), at(10, 0), 0)
         .await;
@@ -656,12 +746,18 @@ async fn statement_adds_up_its_bookings(backend: Backend) {
     assert_eq!(s, 200, "{st}");
     let lines = st["bookings"].as_array().expect("bookings");
     assert_eq!(lines.len(), 3);
-    let ids: Vec<&str> = lines.iter().filter_map(|l| l["booking_id"].as_str()).collect();
+    let ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["booking_id"].as_str())
+        .collect();
     for id in [&a.id, &b.id, &ev.id] {
         assert!(ids.contains(&id.as_str()));
     }
     let sum = |key: &str| -> f64 { lines.iter().map(|l| num(&l[key])).sum() };
-    assert!((num(&st["totals"]["kwh"]) - sum("kwh")).abs() < 1e-6, "{st}");
+    assert!(
+        (num(&st["totals"]["kwh"]) - sum("kwh")).abs() < 1e-6,
+        "{st}"
+    );
     assert!((num(&st["totals"]["booked_hours"]) - sum("booked_hours")).abs() < 1e-6);
     assert_eq!(num(&st["totals"]["booked_hours"]), 12.5);
     let ev_line = lines
@@ -683,11 +779,17 @@ async fn statement_adds_up_its_bookings(backend: Backend) {
     let (s, _) = app.get_json(&path, Some(&stranger.token)).await;
     assert_eq!(s, 404, "another company's statement does not exist for it");
     let (s, body) = app
-        .get_json(&format!("/api/v1/organizations/{org}/statements/2026-13"), Some(&admin.token))
+        .get_json(
+            &format!("/api/v1/organizations/{org}/statements/2026-13"),
+            Some(&admin.token),
+        )
         .await;
     assert_field_error(s, &body, 422, "month");
     let (_, empty) = app
-        .get_json(&format!("/api/v1/organizations/{org}/statements/2026-08"), Some(&admin.token))
+        .get_json(
+            &format!("/api/v1/organizations/{org}/statements/2026-08"),
+            Some(&admin.token),
+        )
         .await;
     assert_eq!(empty["bookings"].as_array().map(Vec::len), Some(0));
     assert_eq!(num(&empty["totals"]["kwh"]), 0.0);
@@ -707,16 +809,26 @@ async fn statement_adds_up_its_bookings(backend: Backend) {
         .find(|x| x["booking_id"] == ev.id.as_str())
         .expect("the booked session");
     assert_eq!(num(&booked["energy_wh"]), 40.0 * 24.0);
-    assert!(list.iter().any(|x| x["booking_id"].is_null()), "charging without a booking");
+    assert!(
+        list.iter().any(|x| x["booking_id"].is_null()),
+        "charging without a booking"
+    );
     let (_, own) = app
         .get_json(
             "/api/v1/ev/sessions?site_id=bologna&from=2026-09-14&to=2026-09-15",
             Some(&stranger.token),
         )
         .await;
-    assert_eq!(own["sessions"].as_array().map(Vec::len), Some(0), "not theirs");
+    assert_eq!(
+        own["sessions"].as_array().map(Vec::len),
+        Some(0),
+        "not theirs"
+    );
     let (s, body) = app
-        .get_json("/api/v1/ev/sessions?site_id=bologna&from=2026-09-14", Some(&manager.token))
+        .get_json(
+            "/api/v1/ev/sessions?site_id=bologna&from=2026-09-14",
+            Some(&manager.token),
+        )
         .await;
     assert_field_error(s, &body, 422, "to");
 }
@@ -740,14 +852,25 @@ async fn an_infeasible_target_is_reported_when_booked(backend: Backend) {
             "ends_at": app.local(&site, day, to, 0),
             "charging": charging,
         });
-        async move { app.post_json("/api/v1/bookings", Some(&member.token), &body).await }
+        async move {
+            app.post_json("/api/v1/bookings", Some(&member.token), &body)
+                .await
+        }
     };
     // 150 kWh in one hour is beyond a 22 kW charger.
-    let (s, b) = book(bay.clone(), 9, 10, json!({"target_wh": 150000, "mode": "fast"})).await;
+    let (s, b) = book(
+        bay.clone(),
+        9,
+        10,
+        json!({"target_wh": 150000, "mode": "fast"}),
+    )
+    .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["charging"]["feasible"], false, "{b}");
     assert!(num(&b["charging"]["expected_wh"]) < 150_000.0);
-    assert!(b["charging"]["reason"].as_str().is_some_and(|r| r.contains("kWh")));
+    assert!(b["charging"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("kWh")));
     // 10 kWh over two hours is.
     let (s, b) = book(bay.clone(), 11, 13, json!({"target_wh": 10000})).await;
     assert_eq!(s, 201, "{b}");
@@ -775,7 +898,9 @@ async fn an_infeasible_target_is_reported_when_booked(backend: Backend) {
     assert_eq!(app.count("SELECT COUNT(*) AS n FROM bookings"), before);
 }
 
-on_both!(charging_at_booking, |b| an_infeasible_target_is_reported_when_booked(b));
+on_both!(charging_at_booking, |b| {
+    an_infeasible_target_is_reported_when_booked(b)
+});
 
 async fn chargers_get_limits_within_the_contracted_power(backend: Backend) {
     use crate::building::Watcher;
@@ -891,7 +1016,11 @@ async fn chargers_get_limits_within_the_contracted_power(backend: Backend) {
     // Headroom: 20 kW + 9 kW − 12 kW.
     check(&got, 17_000.0);
     assert!(limit_of(&got, &fast.id).expect("fast") >= 24.0, "{got:?}");
-    assert_eq!(limit_of(&got, &walk_in.id), Some(0.0), "no surplus for a car without booking");
+    assert_eq!(
+        limit_of(&got, &walk_in.id),
+        Some(0.0),
+        "no surplus for a car without booking"
+    );
 
     // Noon: 20 kW of PV, 8 kW exported: 8 kW of surplus.
     let (msgs, total) = publish(20_000.0, -8_000.0);
@@ -901,7 +1030,10 @@ async fn chargers_get_limits_within_the_contracted_power(backend: Backend) {
     let got = limits.collect(std::time::Duration::from_millis(2500)).await;
     check(&got, 28_000.0);
     assert_eq!(limit_of(&got, &fast.id), Some(32.0), "{got:?}");
-    assert!(limit_of(&got, &walk_in.id).expect("walk-in") >= 6.0, "the surplus: {got:?}");
+    assert!(
+        limit_of(&got, &walk_in.id).expect("walk-in") >= 6.0,
+        "the surplus: {got:?}"
+    );
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -914,4 +1046,6 @@ async fn chargers_get_limits_within_the_contracted_power(backend: Backend) {
     assert!(metrics.contains("spazi_charge_limit_commands_total"));
 }
 
-on_both!(smart_charging, |b| chargers_get_limits_within_the_contracted_power(b));
+on_both!(smart_charging, |b| {
+    chargers_get_limits_within_the_contracted_power(b)
+});

@@ -65,10 +65,39 @@ on_both!(openapi_and_offline_docs, |backend| async move {
         "/api/v1/availability",
         "/api/v1/auth/login",
         "/api/v1/bookings/{booking_id}/cancel",
+        "/api/v1/energy",
+        "/api/v1/energy/kpis",
+        "/api/v1/organizations/{organization_id}/statements/{month}",
+        "/api/v1/ev/sessions",
     ] {
         assert!(
             spec["paths"][path].is_object(),
             "{path} missing from the OpenAPI description"
+        );
+    }
+    // Every schema referred to is described.
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x.as_str()) {
+                        ("$ref", Some(r)) => out.push(r.to_owned()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&spec, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r.trim_start_matches("#/components/schemas/");
+        assert!(
+            spec["components"]["schemas"][name].is_object(),
+            "{r} is referred to but not described"
         );
     }
     let docs = app.client.get(app.url("/api/docs/")).send().await.unwrap();
