@@ -92,6 +92,8 @@ struct SiteEnergy {
     bookings: Vec<Booking>,
     /// Charger energy per bay: quarter → Wh.
     chargers: HashMap<String, (String, Series)>,
+    /// A zone's own consumption, where a sub-meter (a grid meter in the zone) measures it.
+    submeters: HashMap<String, Series>,
 }
 
 async fn site_energy(
@@ -113,8 +115,15 @@ async fn site_energy(
             bays.contains(&bay).then_some((bay, d.id.clone(), d.num))
         })
         .collect();
+    let submeters: Vec<(String, i32)> = state
+        .fleet
+        .site(&site.site.id)
+        .into_iter()
+        .filter(|d| d.class == DeviceClass::GridMeter)
+        .filter_map(|d| d.zone_id.clone().map(|z| (z, d.num)))
+        .collect();
     let id = site.site.id.clone();
-    let (lines, bookings, series) = state
+    let (lines, bookings, series, zones) = state
         .db
         .run(move |c| {
             let lines = store::site_lines(c, std::slice::from_ref(&id), qf, qt)?;
@@ -125,7 +134,16 @@ async fn site_energy(
                 let s = store::device_energy(c, num, Metric::EImpWh, qf, qt)?;
                 series.insert(bay, (device, s));
             }
-            Ok::<_, DbError>((lines, bookings, series))
+            let mut zones: HashMap<String, Series> = HashMap::new();
+            for (zone, num) in submeters {
+                let s = store::device_energy(c, num, Metric::EImpWh, qf, qt)?;
+                let total = zones.entry(zone).or_default();
+                for (q, (wh, quality)) in s {
+                    let e = total.entry(q).or_insert((0.0, quality));
+                    e.0 += wh;
+                }
+            }
+            Ok::<_, DbError>((lines, bookings, series, zones))
         })
         .await?;
     Ok(SiteEnergy {
@@ -135,12 +153,14 @@ async fn site_energy(
             .collect(),
         bookings,
         chargers: series,
+        submeters: zones,
     })
 }
 
 /// A booking's energy: its car's charge for an EV bay, otherwise its share of its zone's
-/// consumption (the building's consumption, without the cars, in proportion to the zone's seats;
-/// each quarter shared among the bookings present by their seats and time).
+/// consumption (the zone's sub-meter where it has one, else the building's consumption without
+/// the cars in proportion to the zone's seats; each quarter shared among the bookings present by
+/// their seats and time).
 fn attribute(
     dir: &Directory,
     site: &SiteEntry,
@@ -201,7 +221,10 @@ fn attribute(
     }
     for q in quarters_of(start, end, site.tz) {
         let line = energy.lines.get(&q);
-        let zone_wh = line.map_or(0.0, |l| l.building_wh() * weight);
+        let zone_wh = match energy.submeters.get(zone) {
+            Some(meter) => meter.get(&q).map_or(0.0, |(wh, _)| *wh),
+            None => line.map_or(0.0, |l| l.building_wh() * weight),
+        };
         out.add(zone_wh * quarter_share(&stays, me, q), line, factors, q);
     }
     out

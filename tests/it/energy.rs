@@ -1049,3 +1049,68 @@ async fn chargers_get_limits_within_the_contracted_power(backend: Backend) {
 on_both!(smart_charging, |b| {
     chargers_get_limits_within_the_contracted_power(b)
 });
+
+async fn a_zone_sub_meter_measures_its_bookings(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let m = meters(&app, "bologna");
+    let manager = app.user(Role::SiteManager, None, &["bologna"]).await;
+    let desk = app.resource("bologna", "desk").await;
+    let zone = desk["zone"]["id"].as_str().expect("zone").to_string();
+    let (s, body) = app
+        .post_json(
+            "/api/v1/sites/bologna/devices",
+            Some(&manager.token),
+            &json!({"id": "bologna-zone-meter", "class": "grid_meter", "zone_id": zone}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let sub = app
+        .state
+        .fleet
+        .get("bologna-zone-meter")
+        .expect("in the fleet")
+        .num;
+    let (from, to) = feed_day(&app, &m, (2026, 9, 15), [60.0, 80.0, 10.0, 0.0]).await;
+    // The zone's own meter: 25 Wh every 5 minutes.
+    let readings = counters(
+        from - STEP_MS,
+        to,
+        &[Metric::EImpWh],
+        500.0,
+        None,
+        |_, _| 25.0,
+    );
+    store(&app, rows_of(sub, &readings)).await;
+    roll_up(&app, &[sub], from - QUARTER_MS, to).await;
+
+    let org = app.create_org("Zona Srl", 100);
+    let admin = app.user(Role::CompanyAdmin, Some(&org), &[]).await;
+    let at = |h: u32| {
+        chrono::DateTime::from_timestamp_millis(local_ms(2026, 9, 15, h, 0)).expect("instant")
+    };
+    let desk_id = desk["id"].as_str().expect("desk id");
+    app.store_booking(&admin, Some(&org), desk_id, at(9), at(11), 0)
+        .await;
+    let (s, st) = app
+        .get_json(
+            &format!("/api/v1/organizations/{org}/statements/2026-09"),
+            Some(&admin.token),
+        )
+        .await;
+    assert_eq!(s, 200, "{st}");
+    // Alone in the zone for two hours: the sub-meter's 24 readings of 25 Wh.
+    assert_eq!(num(&st["bookings"][0]["kwh"]), 0.6, "{st}");
+    assert_eq!(num(&st["totals"]["kwh"]), 0.6);
+    // The sub-meter is not part of the site's balance.
+    let (_, day) = app
+        .get_json(
+            "/api/v1/energy?scope=site:bologna&from=2026-09-15&to=2026-09-16&interval=1d",
+            Some(&manager.token),
+        )
+        .await;
+    assert_eq!(num(&day["totals"]["import_wh"]), 80.0 * 288.0, "{day}");
+}
+
+on_both!(zone_sub_meter, |b| a_zone_sub_meter_measures_its_bookings(
+    b
+));
