@@ -168,14 +168,15 @@ fn counter_series(
     Ok((series, start, end))
 }
 
-/// Recomputes a site's ledger over `[from, to)` (quarter boundaries) and the sums of its region,
-/// reaching as far as the gaps at the edges need. Returns the range rewritten.
+/// Recomputes a site's ledger over `[from, to)` (quarter boundaries), reaching as far as the
+/// gaps at the edges need. Returns the site's region and the range rewritten, for
+/// [`sum_region`].
 pub fn recompute(
     conn: &mut DbConnection,
     site_id: &str,
     from: i64,
     to: i64,
-) -> DbResult<(i64, i64)> {
+) -> DbResult<(String, i64, i64)> {
     let counters = site_counters(conn, site_id)?;
     let mut series = Vec::with_capacity(counters.len());
     let (mut start, mut end) = (from, to);
@@ -223,9 +224,9 @@ pub fn recompute(
                     .execute(c)?;
             }
         });
-        write_region(conn, &region, start, end)
+        Ok::<_, super::DbError>(())
     })?;
-    Ok((start, end))
+    Ok((region, start, end))
 }
 
 /// A region's quarter as summed by the database: bucket, the five sums, and the sites.

@@ -82,16 +82,32 @@ pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
             }
         }
     }
+    let mut regions: HashMap<String, (i64, i64)> = HashMap::new();
     for (site, (first, last)) in ledger {
         let outcome = db
-            .run(move |c| {
-                crate::db::energy::recompute(c, &site, first, last + QUARTER_MS).map(|_| site)
-            })
+            .run(move |c| crate::db::energy::recompute(c, &site, first, last + QUARTER_MS))
+            .await;
+        match outcome {
+            Ok((region, start, end)) => {
+                let span = regions.entry(region).or_insert((start, end));
+                span.0 = span.0.min(start);
+                span.1 = span.1.max(end);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "energy ledger recomputation failed");
+                // The counters' quarters are marked again so the next pass tries once more.
+                fleet.mark_all(first);
+            }
+        }
+    }
+    // Each region's sums once per pass, over what its sites rewrote.
+    for (region, (start, end)) in regions {
+        let outcome = db
+            .run(move |c| crate::db::energy::sum_region(c, &region, start, end))
             .await;
         if let Err(e) = outcome {
-            tracing::warn!(error = %e, "energy ledger recomputation failed");
-            // The counters' quarters are marked again so the next pass tries once more.
-            fleet.mark_all(first);
+            tracing::warn!(error = %e, "regional energy sums not rewritten");
+            fleet.mark_all(start);
         }
     }
     Ok(written)

@@ -1,8 +1,8 @@
-//! Smart charging: every pass (a minute by default) each site's chargers get a current limit on
-//! `cmd/charge_limit`, worked out by `domain::charging::allocate` from the live PV and grid
-//! power, the cars plugged in, and the EV bookings with their targets, modes and departures.
-//! Grid import never exceeds the site's contracted power. A car at a bay without a booking
-//! charges from the PV surplus only.
+//! Smart charging: every pass (a minute by default) each site's online chargers get a current
+//! limit on `cmd/charge_limit`, worked out by `domain::charging::allocate` from the live PV and
+//! grid power, the cars plugged in, and the EV bookings with their targets, modes and
+//! departures. Grid import never exceeds the site's contracted power. A car at a bay without a
+//! booking charges from the PV surplus only. A charger never heard from gets nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -143,7 +143,7 @@ impl SmartCharging {
             };
             let chargers: Vec<&DeviceState> = devices
                 .iter()
-                .filter(|d| d.class == DeviceClass::EvCharger && d.status != DeviceStatus::Offline)
+                .filter(|d| d.class == DeviceClass::EvCharger && d.status == DeviceStatus::Online)
                 .collect();
             if chargers.is_empty() {
                 continue;
