@@ -8,6 +8,7 @@ pub mod devices;
 pub mod energy;
 pub mod error;
 pub mod extract;
+pub mod factors;
 pub mod idempotency;
 pub mod occupancy;
 pub mod openapi;
@@ -74,11 +75,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/energy/kpis", web::get().to(energy::kpis))
                 .route(
                     "/energy/emission-factors",
-                    web::get().to(energy::list_factors),
+                    web::get().to(factors::list_factors),
                 )
                 .route(
                     "/energy/emission-factors",
-                    web::post().to(energy::add_factor),
+                    web::post().to(factors::add_factor),
                 )
                 .route(
                     "/organizations/{organization_id}/statements/{month}",

@@ -2,8 +2,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    access, alarms, auth, bookings, devices, energy, error, occupancy, ops, readings, sites,
-    statements, utilisation, views,
+    access, alarms, auth, bookings, devices, energy, error, factors, occupancy, ops, readings,
+    sites, statements, utilisation, views,
 };
 
 struct BearerAuth;
@@ -35,7 +35,7 @@ impl Modify for BearerAuth {
         devices::list, devices::provision, devices::get, readings::readings, devices::live,
         alarms::list, alarms::ack,
         access::access, access::qr, access::log, occupancy::occupancy, utilisation::utilisation,
-        energy::report, energy::kpis, energy::list_factors, energy::add_factor,
+        energy::report, energy::kpis, factors::list_factors, factors::add_factor,
         statements::statement, statements::ev_sessions,
     ),
     components(schemas(error::Problem, crate::domain::FieldError, views::ResourceView, views::SiteRef, views::ZoneRef,
@@ -45,8 +45,8 @@ impl Modify for BearerAuth {
         devices::MqttCredentials, devices::MqttTopics, alarms::AlarmOut, alarms::UserRef,
         access::AccessOut, access::AccessLogEntry, occupancy::SiteOccupancy, occupancy::ZoneOccupancyNow,
         occupancy::ResourceOccupancy, utilisation::Utilisation, utilisation::UtilisationItem,
-        energy::EnergyReport, energy::EnergyInterval, energy::KpiReport, energy::KpiPeriod, energy::FactorOut,
-        energy::NewFactor, statements::Statement, statements::StatementLine, statements::StatementTotals,
+        energy::EnergyReport, energy::EnergyInterval, energy::KpiReport, energy::KpiPeriod, factors::FactorOut,
+        factors::NewFactor, statements::Statement, statements::StatementLine, statements::StatementTotals,
         statements::EvSession, statements::EvSessions, bookings::charging::ChargingRequest,
         bookings::charging::ChargingPlan, crate::domain::EnergyQuality, crate::domain::ChargeMode,
         crate::domain::DeviceClass, crate::domain::DeviceStatus, crate::domain::AlarmKind, crate::domain::AlarmState)),

@@ -9,9 +9,10 @@ use chrono::{Datelike, NaiveDate};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::energy::{cited, load_factors, local_text, ms_naive, r3, range, FactorOut};
+use super::energy::{local_text, ms_naive, r3, range};
 use super::error::ApiError;
 use super::extract::{Auth, Errors, Query};
+use super::factors::{cited, load_factors, FactorOut};
 use super::sites::site_or_404;
 use super::state::AppState;
 use crate::db::energy::{self as store, EnergyRow, EvPlanRow};

@@ -218,13 +218,8 @@ pub fn recompute(
                     .filter(energy_15m::bucket.lt(end)),
             )
             .execute(c)?;
-            for chunk in rows.chunks(1_000) {
-                diesel::insert_into(energy_15m::table)
-                    .values(chunk)
-                    .execute(c)?;
-            }
         });
-        Ok::<_, super::DbError>(())
+        write_lines(conn, &rows)
     })?;
     Ok((region, start, end))
 }
@@ -322,16 +317,19 @@ fn write_region(conn: &mut DbConnection, region: &str, from: i64, to: i64) -> Db
 /// Writes ledger lines as they are (used to load history in bulk); the region sums follow with
 /// [`sum_region`].
 pub fn insert_lines(conn: &mut DbConnection, rows: &[EnergyRow]) -> DbResult<()> {
-    write_transaction(conn, |conn| {
-        on_backend!(conn, |c| {
-            for chunk in rows.chunks(1_000) {
-                diesel::insert_into(energy_15m::table)
-                    .values(chunk)
-                    .execute(c)?;
-            }
-        });
-        Ok(())
-    })
+    write_transaction(conn, |conn| write_lines(conn, rows))
+}
+
+/// [`insert_lines`] inside the caller's transaction.
+fn write_lines(conn: &mut DbConnection, rows: &[EnergyRow]) -> DbResult<()> {
+    on_backend!(conn, |c| {
+        for chunk in rows.chunks(1_000) {
+            diesel::insert_into(energy_15m::table)
+                .values(chunk)
+                .execute(c)?;
+        }
+    });
+    Ok(())
 }
 
 /// Ledger lines of some sites in `[from, to)`, by site then time.
