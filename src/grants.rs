@@ -16,6 +16,10 @@ struct Inner {
     by_hash: HashMap<String, Vec<Arc<Grant>>>,
     by_booking: HashMap<String, Arc<Grant>>,
     by_site: HashMap<String, HashSet<String>>,
+    /// Bookings revoked (here or by a peer) and when, epoch ms: a grant read from the database
+    /// before the revocation but loaded after it stays revoked, since a cancelled or released
+    /// booking never opens a door again.
+    revoked: HashMap<String, (GrantState, i64)>,
 }
 
 impl Inner {
@@ -36,7 +40,16 @@ impl Inner {
         }
     }
 
-    fn insert(&mut self, g: Grant) {
+    fn insert(&mut self, mut g: Grant) {
+        match (g.state, self.revoked.get(&g.booking_id)) {
+            (GrantState::Active, Some((state, _))) => g.state = *state,
+            (GrantState::Active, None) => {}
+            (state, _) => {
+                self.revoked
+                    .entry(g.booking_id.clone())
+                    .or_insert((state, now_ms()));
+            }
+        }
         self.remove(&g.booking_id);
         let g = Arc::new(g);
         self.by_hash
@@ -55,6 +68,10 @@ impl Inner {
             .insert(g.booking_id.clone());
         self.by_booking.insert(g.booking_id.clone(), g);
     }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// The credentials doors are decided against, and the sites whose grant list must be republished.
@@ -104,10 +121,14 @@ impl Grants {
     /// Replaces every grant (all sites) and marks every site for republishing.
     pub fn load_all(&self, rows: &[GrantRow], sites: impl IntoIterator<Item = String>) {
         let mut fresh = Inner::default();
+        let mut inner = self.write();
+        // Revocations made while the rows were read are kept.
+        fresh.revoked = std::mem::take(&mut inner.revoked);
         for r in rows {
             fresh.insert(grant_of(r));
         }
-        *self.write() = fresh;
+        *inner = fresh;
+        drop(inner);
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
         dirty.extend(sites);
         drop(dirty);
@@ -151,6 +172,13 @@ impl Grants {
         self.wake.notify_one();
     }
 
+    /// Puts back announcements that could not be sent, for the next round.
+    pub fn reannounce(&self, bookings: Vec<String>) {
+        let mut announce = self.announce.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = std::mem::replace(&mut *announce, bookings);
+        announce.extend(newer);
+    }
+
     /// The bookings changed here since the last call.
     pub fn take_announcements(&self) -> Vec<String> {
         std::mem::take(&mut *self.announce.lock().unwrap_or_else(|p| p.into_inner()))
@@ -166,20 +194,26 @@ impl Grants {
         }
     }
 
-    /// A booking stops opening doors at once (cancelled or released); its site is marked.
+    /// A booking stops opening doors at once (cancelled or released): its site is marked, and
+    /// the change announced to the other instances whether or not this one had loaded the grant
+    /// (a grant it loads later stays revoked).
     pub fn revoke(&self, booking_id: &str, state: GrantState) {
         let site = {
             let mut inner = self.write();
-            let Some(old) = inner.by_booking.get(booking_id).cloned() else {
-                return;
-            };
-            let mut g = (*old).clone();
-            g.state = state;
-            let site = g.site_id.clone();
-            inner.insert(g);
-            site
+            inner
+                .revoked
+                .insert(booking_id.to_owned(), (state, now_ms()));
+            inner.by_booking.get(booking_id).cloned().map(|old| {
+                let mut g = (*old).clone();
+                g.state = state;
+                let site = g.site_id.clone();
+                inner.insert(g);
+                site
+            })
         };
-        self.mark(&site);
+        if let Some(site) = site {
+            self.mark(&site);
+        }
         self.note(booking_id);
     }
 
@@ -256,6 +290,7 @@ impl Grants {
             inner.remove(&id);
             seen.remove(&id);
         }
+        inner.revoked.retain(|_, (_, at)| *at >= before_ms);
     }
 
     pub fn len(&self) -> usize {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -63,6 +64,10 @@ pub struct Access {
     pub climate_commands: AtomicU64,
     /// Charger current limits sent by smart charging.
     pub charge_limits: AtomicU64,
+    /// Access-log rows the database refused for good (logged and skipped).
+    pub log_refused: AtomicU64,
+    /// Decisions, check-ins or reload notices not queued because the door writer's queue was full.
+    pub after_queue_full: AtomicU64,
     /// Badge received to answer queued, microseconds, by `DECISION_BUCKETS_US`.
     decision_us: [AtomicU64; 8],
     decision_us_sum: AtomicU64,
@@ -113,6 +118,16 @@ impl Access {
                 "Charger current limits sent by smart charging.",
                 &self.charge_limits,
             ),
+            (
+                "spazi_access_log_refused_total",
+                "Access-log rows the database refused for good, logged and skipped.",
+                &self.log_refused,
+            ),
+            (
+                "spazi_access_queue_full_total",
+                "Door decisions, check-ins or grant notices dropped because the writer's queue was full.",
+                &self.after_queue_full,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -143,6 +158,128 @@ impl Access {
     }
 }
 
+/// A job is reported failing by `/readyz` after this many failed passes (or deaths) in a row.
+pub const FAILING_AFTER: u32 = 3;
+
+#[derive(Default)]
+struct JobState {
+    failures: u64,
+    restarts: u64,
+    /// Failed passes and deaths since the last good pass.
+    in_a_row: u32,
+    last_ok: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// The background jobs' health: counted for `/metrics`, judged for `/readyz`.
+#[derive(Default)]
+pub struct Jobs {
+    jobs: Mutex<BTreeMap<&'static str, JobState>>,
+}
+
+/// A job `/readyz` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailingJob {
+    pub job: &'static str,
+    pub in_a_row: u32,
+    pub last_error: String,
+    /// Seconds since its last good pass, if it ever had one.
+    pub since_ok_secs: Option<u64>,
+}
+
+impl Jobs {
+    fn with(&self, job: &'static str, f: impl FnOnce(&mut JobState)) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        f(jobs.entry(job).or_default());
+    }
+
+    /// Makes a job known (so its counters show at zero).
+    pub fn register(&self, job: &'static str) {
+        self.with(job, |_| {});
+    }
+
+    pub fn ok(&self, job: &'static str) {
+        self.with(job, |s| {
+            s.in_a_row = 0;
+            s.last_ok = Some(Instant::now());
+        });
+    }
+
+    /// Counts a failed pass and logs it.
+    pub fn failed(&self, job: &'static str, error: &dyn std::fmt::Display) {
+        let text = error.to_string();
+        tracing::warn!(job, error = %text, "background job pass failed");
+        self.with(job, |s| {
+            s.failures += 1;
+            s.in_a_row = s.in_a_row.saturating_add(1);
+            s.last_error = Some(text);
+        });
+    }
+
+    pub fn report<E: std::fmt::Display>(&self, job: &'static str, outcome: Result<(), E>) {
+        match outcome {
+            Ok(()) => self.ok(job),
+            Err(e) => self.failed(job, &e),
+        }
+    }
+
+    /// Counts a task that died and is started again.
+    pub fn restarted(&self, job: &'static str, why: &str) {
+        self.with(job, |s| {
+            s.restarts += 1;
+            s.in_a_row = s.in_a_row.saturating_add(1);
+            s.last_error = Some(format!("died: {why}"));
+        });
+    }
+
+    /// Jobs with at least [`FAILING_AFTER`] failed passes or deaths since their last good pass.
+    pub fn failing(&self) -> Vec<FailingJob> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.iter()
+            .filter(|(_, s)| s.in_a_row >= FAILING_AFTER)
+            .map(|(job, s)| FailingJob {
+                job,
+                in_a_row: s.in_a_row,
+                last_error: s.last_error.clone().unwrap_or_default(),
+                since_ok_secs: s.last_ok.map(|t| t.elapsed().as_secs()),
+            })
+            .collect()
+    }
+
+    fn render(&self, out: &mut String) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, help, value) in [
+            (
+                "spazi_job_failures_total",
+                "Failed passes of a background job.",
+                (|s: &JobState| s.failures) as fn(&JobState) -> u64,
+            ),
+            (
+                "spazi_job_restarts_total",
+                "Background job tasks that died (panicked) and were started again.",
+                |s: &JobState| s.restarts,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (job, s) in jobs.iter() {
+                let _ = writeln!(out, "{name}{{job=\"{job}\"}} {}", value(s));
+            }
+        }
+        let name = "spazi_job_failing";
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 while a job has failed {FAILING_AFTER} or more passes in a row.\n# TYPE {name} gauge"
+        );
+        for (job, s) in jobs.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{job=\"{job}\"}} {}",
+                u8::from(s.in_a_row >= FAILING_AFTER)
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
@@ -150,6 +287,7 @@ pub struct Metrics {
     pub events: Events,
     pub telemetry: Telemetry,
     pub access: Access,
+    pub jobs: Jobs,
 }
 
 impl Metrics {
@@ -343,6 +481,7 @@ impl Metrics {
             );
         }
         self.access.render(&mut out);
+        self.jobs.render(&mut out);
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }

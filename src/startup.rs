@@ -25,6 +25,7 @@ use crate::grants::Grants;
 use crate::jobs::housekeeping;
 use crate::jobs::mailer::MailJob;
 use crate::jobs::release::Release;
+use crate::jobs::supervisor::Supervisor;
 use crate::jobs::watch::{Thresholds, Watch};
 use crate::jobs::{retention, rollup};
 use crate::metrics::Metrics;
@@ -103,23 +104,26 @@ impl Application {
             grants,
             config: config.clone(),
         });
-        start_telemetry(&state, &config, mqtt_host, mqtt_port).await;
-        tokio::spawn(
-            MailJob {
-                db: db.clone(),
-                mailer,
-                from: config.mail_from.clone(),
-                waker,
-                metrics,
-                poll: Duration::from_secs(config.mail_poll_secs.max(1)),
-            }
-            .run(),
-        );
-        tokio::spawn(housekeeping::complete_ended_bookings(
-            db.clone(),
-            Duration::from_secs(60),
-        ));
-        tokio::spawn(refresh_directory(state.clone()));
+        let supervisor = Supervisor::new(metrics.clone());
+        start_telemetry(&supervisor, &state, &config, mqtt_host, mqtt_port).await;
+        let mail = MailJob {
+            db: db.clone(),
+            mailer,
+            from: config.mail_from.clone(),
+            waker,
+            metrics,
+            poll: Duration::from_secs(config.mail_poll_secs.max(1)),
+        };
+        supervisor.spawn("mailer", move || mail.clone().run());
+        let upkeep = db.clone();
+        supervisor.every("booking_completion", Duration::from_secs(60), move || {
+            let db = upkeep.clone();
+            async move { housekeeping::pass(&db).await }
+        });
+        let dir_state = state.clone();
+        supervisor.every_later("directory_refresh", DIRECTORY_EVERY, move || {
+            refresh_directory(dir_state.clone())
+        });
 
         let listener = TcpListener::bind(&config.listen)
             .with_context(|| format!("binding SPAZI_LISTEN {}", config.listen))?;
@@ -204,7 +208,13 @@ fn problem_for_framework_errors<B: MessageBody + 'static>(
 }
 
 /// Starts the ingest consumer (unless switched off) and the telemetry jobs.
-async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: String, port: u16) {
+async fn start_telemetry(
+    supervisor: &Supervisor,
+    state: &web::Data<AppState>,
+    config: &Config,
+    host: String,
+    port: u16,
+) {
     let t = &config.telemetry;
     if t.ingest {
         let site_state = state.clone();
@@ -225,6 +235,7 @@ async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: Str
                 zone_ok && resource_ok
             }),
             doors: Some(Doors::start(
+                supervisor,
                 state.db.clone(),
                 state.grants.clone(),
                 state.fleet.clone(),
@@ -255,89 +266,101 @@ async fn start_telemetry(state: &web::Data<AppState>, config: &Config, host: Str
             pipeline,
         );
         let sites_state = state.clone();
-        tokio::spawn(grant_lists::publish_grants(
+        let (db, grants, fleet, metrics) = (
             state.db.clone(),
             state.grants.clone(),
             state.fleet.clone(),
-            client.clone(),
-            Arc::new(move || {
-                sites_state
-                    .directory()
-                    .sites
-                    .iter()
-                    .map(|s| s.site.id.clone())
-                    .collect()
-            }),
-        ));
-        let dir_state = state.clone();
-        tokio::spawn(
-            Climate {
-                db: state.db.clone(),
-                fleet: state.fleet.clone(),
-                directory: Arc::new(move || dir_state.directory()),
-                client: client.clone(),
-                metrics: state.metrics.clone(),
-                every: Duration::from_secs(t.climate_secs),
-                comfort_c: t.comfort_t_c,
-                eco_c: t.eco_t_c,
-            }
-            .run(),
+            state.metrics.clone(),
         );
+        let publisher_client = client.clone();
+        supervisor.spawn(grant_lists::JOB, move || {
+            let sites_state = sites_state.clone();
+            grant_lists::publish_grants(
+                db.clone(),
+                grants.clone(),
+                fleet.clone(),
+                publisher_client.clone(),
+                Arc::new(move || {
+                    sites_state
+                        .directory()
+                        .sites
+                        .iter()
+                        .map(|s| s.site.id.clone())
+                        .collect()
+                }),
+                metrics.clone(),
+            )
+        });
         let dir_state = state.clone();
-        tokio::spawn(
-            SmartCharging {
-                db: state.db.clone(),
-                fleet: state.fleet.clone(),
-                directory: Arc::new(move || dir_state.directory()),
-                client,
-                metrics: state.metrics.clone(),
-                every: Duration::from_secs(t.charging_secs),
-            }
-            .run(),
-        );
+        let climate = Climate {
+            db: state.db.clone(),
+            fleet: state.fleet.clone(),
+            directory: Arc::new(move || dir_state.directory()),
+            client: client.clone(),
+            metrics: state.metrics.clone(),
+            every: Duration::from_secs(t.climate_secs),
+            comfort_c: t.comfort_t_c,
+            eco_c: t.eco_t_c,
+        };
+        supervisor.spawn("climate", move || climate.clone().run());
+        let dir_state = state.clone();
+        let charging = SmartCharging {
+            db: state.db.clone(),
+            fleet: state.fleet.clone(),
+            directory: Arc::new(move || dir_state.directory()),
+            client,
+            metrics: state.metrics.clone(),
+            every: Duration::from_secs(t.charging_secs),
+        };
+        supervisor.spawn("charging", move || charging.clone().run());
     }
     let dir_state = state.clone();
-    tokio::spawn(
-        Release {
-            db: state.db.clone(),
-            grants: state.grants.clone(),
-            directory: Arc::new(move || dir_state.directory()),
-            metrics: state.metrics.clone(),
-            mail_waker: state.mail_waker.clone(),
-            public_url: config.public_url.clone(),
-            mail_from: config.mail_from.clone(),
-            every: Duration::from_secs(t.release_secs),
-        }
-        .run(),
-    );
-    tokio::spawn(rollup::run(
-        state.db.clone(),
-        state.fleet.clone(),
-        Duration::from_secs(t.rollup_secs),
-    ));
-    tokio::spawn(retention::run(
+    let release = Release {
+        db: state.db.clone(),
+        grants: state.grants.clone(),
+        directory: Arc::new(move || dir_state.directory()),
+        metrics: state.metrics.clone(),
+        mail_waker: state.mail_waker.clone(),
+        public_url: config.public_url.clone(),
+        mail_from: config.mail_from.clone(),
+        every: Duration::from_secs(t.release_secs),
+    };
+    supervisor.spawn("release", move || release.clone().run());
+    rollup::catch_up(&state.fleet);
+    let (db, fleet) = (state.db.clone(), state.fleet.clone());
+    supervisor.every_later("rollup", Duration::from_secs(t.rollup_secs), move || {
+        let (db, fleet) = (db.clone(), fleet.clone());
+        async move { rollup::pass(&db, &fleet).await.map(|_| ()) }
+    });
+    let (db, keep, personal) = (
         state.db.clone(),
         t.raw_retention_days,
         t.personal_retention_days,
-        Duration::from_secs(3600),
-    ));
-    let watch = Watch::start(
-        state.db.clone(),
-        state.fleet.clone(),
-        state.metrics.clone(),
-        Thresholds::from(t),
-    )
-    .await;
-    tokio::spawn(watch.run(Duration::from_secs(t.health_secs)));
+    );
+    supervisor.every("retention", Duration::from_secs(3600), move || {
+        let db = db.clone();
+        async move { retention::try_pass(&db, keep, personal).await }
+    });
+    let (db, fleet, metrics) = (state.db.clone(), state.fleet.clone(), state.metrics.clone());
+    let (limits, every) = (Thresholds::from(t), Duration::from_secs(t.health_secs));
+    supervisor.spawn("watch", move || {
+        let (db, fleet, metrics, limits) =
+            (db.clone(), fleet.clone(), metrics.clone(), limits.clone());
+        async move {
+            Watch::start(db, fleet, metrics, limits)
+                .await
+                .run(every)
+                .await
+        }
+    });
 }
 
-/// Reloads the directory now and then, so closures added by another instance show up.
-async fn refresh_directory(state: web::Data<AppState>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        match state.db.run(Directory::load).await {
-            Ok(dir) => state.replace_directory(dir),
-            Err(e) => tracing::warn!(error = %e, "directory refresh failed"),
-        }
-    }
+/// How often the directory is reloaded, so closures added by another instance show up.
+const DIRECTORY_EVERY: Duration = Duration::from_secs(60);
+
+/// Reloads the directory.
+async fn refresh_directory(state: web::Data<AppState>) -> Result<(), crate::db::DbError> {
+    let dir = state.db.run(Directory::load).await?;
+    state.replace_directory(dir);
+    Ok(())
 }

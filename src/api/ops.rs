@@ -70,18 +70,101 @@ async fn broker_ready(state: &AppState) -> Result<(), String> {
     }
 }
 
+/// Mail that has waited longer than this makes the mail check `degraded` (still ready).
+pub const MAIL_DEGRADED_SECS: f64 = 60.0;
+/// Mail that has waited longer than this makes the service unready (503).
+pub const MAIL_UNREADY_SECS: f64 = 600.0;
+
+async fn mail_backlog(state: &AppState) -> Result<outbox::Backlog, String> {
+    let now = crate::db::naive(chrono::Utc::now());
+    let query = state.db.run(move |c| outbox::backlog(c, now));
+    match tokio::time::timeout(Duration::from_secs(2), query).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".into()),
+    }
+}
+
+/// The mail check (how far behind the outbox mailer is) and whether mail leaves the service ready.
+fn mail_check(backlog: &Result<outbox::Backlog, String>) -> (serde_json::Value, bool) {
+    let b = match backlog {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                serde_json::json!({"status": "unavailable", "detail": format!("outbox not read: {e}")}),
+                false,
+            )
+        }
+    };
+    let (status, ready) = if b.oldest_secs > MAIL_UNREADY_SECS {
+        ("unavailable", false)
+    } else if b.oldest_secs > MAIL_DEGRADED_SECS {
+        ("degraded", true)
+    } else {
+        ("ok", true)
+    };
+    let mut check = serde_json::json!({
+        "status": status,
+        "backlog": b.due,
+        "oldest_due_seconds": b.oldest_secs.floor(),
+    });
+    if status != "ok" {
+        check["detail"] = format!(
+            "{} mails due, the oldest queued {:.0} s ago",
+            b.due, b.oldest_secs
+        )
+        .into();
+    }
+    (check, ready)
+}
+
+/// The jobs check: every background job that failed several passes in a row, by name.
+fn jobs_check(state: &AppState) -> (serde_json::Value, bool) {
+    let failing = state.metrics.jobs.failing();
+    if failing.is_empty() {
+        return (serde_json::json!({"status": "ok"}), true);
+    }
+    let detail = failing
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {} failed passes in a row, last: {}",
+                f.job, f.in_a_row, f.last_error
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let names: Vec<&str> = failing.iter().map(|f| f.job).collect();
+    (
+        serde_json::json!({"status": "unavailable", "detail": detail, "failing": names}),
+        false,
+    )
+}
+
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (db, mqtt) = tokio::join!(database_ready(&state), broker_ready(&state));
+    let (db, mqtt, backlog) = tokio::join!(
+        database_ready(&state),
+        broker_ready(&state),
+        mail_backlog(&state)
+    );
     let check = |r: &Result<(), String>| match r {
         Ok(()) => serde_json::json!({"status": "ok"}),
         Err(e) => serde_json::json!({"status": "unavailable", "detail": e}),
     };
+    let (mail, mail_ok) = mail_check(&backlog);
+    let (jobs, jobs_ok) = jobs_check(&state);
+    let ready = db.is_ok() && mqtt.is_ok() && mail_ok && jobs_ok;
     let body = serde_json::json!({
-        "status": if db.is_ok() && mqtt.is_ok() { "ok" } else { "unavailable" },
-        "checks": {"database": check(&db), "mqtt": check(&mqtt)},
+        "status": if ready { "ok" } else { "unavailable" },
+        "checks": {
+            "database": check(&db),
+            "mqtt": check(&mqtt),
+            "mail": mail,
+            "jobs": jobs,
+        },
     });
-    if db.is_ok() && mqtt.is_ok() {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -91,12 +174,24 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let pending = state.db.run(outbox::pending).await.unwrap_or(-1);
+    let backlog = mail_backlog(&state).await;
+    let (due, oldest) = backlog.map_or((-1.0, -1.0), |b| (b.due as f64, b.oldest_secs));
     let (connections, idle) = state.db.pool_state();
     let text = state.metrics.render(&[
         (
             "spazi_outbox_pending",
             "Queued emails not yet sent.",
             pending as f64,
+        ),
+        (
+            "spazi_outbox_due",
+            "Queued emails due now or being sent (the mailer's backlog).",
+            due,
+        ),
+        (
+            "spazi_outbox_oldest_due_seconds",
+            "How long the oldest due email has waited since it was queued.",
+            oldest,
         ),
         (
             "spazi_db_connections",

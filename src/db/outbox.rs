@@ -91,6 +91,59 @@ pub fn mark_failed(
     Ok(())
 }
 
+/// Queues one row.
+pub fn enqueue(conn: &mut DbConnection, row: &OutboxRow) -> Result<(), DbError> {
+    on_backend!(conn, |c| diesel::insert_into(outbox::table)
+        .values(row)
+        .execute(c)?);
+    Ok(())
+}
+
+/// How far the mailer is behind: mail due now or being sent (claimed, not yet marked), and how
+/// long the oldest of it has waited since it was queued. Mail waiting out a retry backoff longer
+/// than a claim's lease is not counted until it is due again.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    pub due: i64,
+    pub oldest_secs: f64,
+}
+
+pub fn backlog(conn: &mut DbConnection, now: NaiveDateTime) -> Result<Backlog, DbError> {
+    let due = outbox::table
+        .filter(outbox::sent_at.is_null())
+        .filter(outbox::available_at.le(now + CLAIM_LEASE));
+    let count: i64 = due.count().get_result(conn)?;
+    let oldest: Option<NaiveDateTime> = due
+        .select(diesel::dsl::min(outbox::created_at))
+        .first(conn)?;
+    Ok(Backlog {
+        due: count,
+        oldest_secs: oldest.map_or(0.0, |t| {
+            ((now - t).num_milliseconds().max(0) as f64) / 1000.0
+        }),
+    })
+}
+
+/// What a sent mail's row keeps once its personal data is gone: kind, times and attempts.
+pub const SCRUBBED_PAYLOAD: &str = "{}";
+
+/// Empties the rendered mail (addresses, names, the PIN, the QR token, the calendar file) and
+/// the last transport error of every row sent before `before`; returns how many rows.
+/// Unsent mail keeps everything it needs to be sent.
+pub fn scrub_sent_before(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, DbError> {
+    Ok(diesel::update(
+        outbox::table
+            .filter(outbox::sent_at.is_not_null())
+            .filter(outbox::sent_at.lt(before))
+            .filter(outbox::payload.ne(SCRUBBED_PAYLOAD)),
+    )
+    .set((
+        outbox::payload.eq(SCRUBBED_PAYLOAD),
+        outbox::last_error.eq(None::<String>),
+    ))
+    .execute(conn)?)
+}
+
 /// Rows not yet sent, for `/metrics`.
 pub fn pending(conn: &mut DbConnection) -> Result<i64, DbError> {
     Ok(outbox::table

@@ -1,24 +1,20 @@
 //! Periodic upkeep: bookings that have ended become `completed`; idempotency keys past their
 //! time are forgotten.
 
-use std::time::Duration;
-
 use chrono::Utc;
 
-use crate::db::{bookings, idempotency, naive, Db};
+use crate::db::{bookings, idempotency, naive, Db, DbError};
 
-pub async fn complete_ended_bookings(db: Db, every: Duration) {
-    loop {
-        let now = naive(Utc::now());
-        match db.run(move |c| bookings::complete_ended(c, now)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(bookings = n, "ended bookings marked completed"),
-            Err(e) => tracing::warn!(error = %e, "could not complete ended bookings"),
-        }
-        let before = now - chrono::Duration::hours(idempotency::KEEP_HOURS);
-        if let Err(e) = db.run(move |c| idempotency::expire(c, before)).await {
-            tracing::warn!(error = %e, "could not expire idempotency keys");
-        }
-        tokio::time::sleep(every).await;
+/// One pass of both rules; both are tried, the first error is returned.
+pub async fn pass(db: &Db) -> Result<(), DbError> {
+    let now = naive(Utc::now());
+    let completed = db.run(move |c| bookings::complete_ended(c, now)).await;
+    if let Ok(n @ 1..) = completed {
+        tracing::info!(bookings = n, "ended bookings marked completed");
     }
+    let before = now - chrono::Duration::hours(idempotency::KEEP_HOURS);
+    let expired = db.run(move |c| idempotency::expire(c, before)).await;
+    completed?;
+    expired?;
+    Ok(())
 }

@@ -13,6 +13,7 @@ use crate::email::compose::QueuedMail;
 use crate::email::Mailer;
 use crate::metrics::Metrics;
 
+#[derive(Clone)]
 pub struct MailJob {
     pub db: Db,
     pub mailer: Mailer,
@@ -23,17 +24,21 @@ pub struct MailJob {
 }
 
 impl MailJob {
+    /// Drains the outbox whenever woken or every `poll`; each batch is a pass of job `mailer`.
     pub async fn run(self) {
         tracing::info!(target = %self.mailer.target(), "outbox mailer started");
         loop {
             let sent = match self.drain_once().await {
-                Ok(n) => n,
+                Ok(n) => {
+                    self.metrics.jobs.ok(JOB);
+                    n
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "outbox could not be read");
+                    self.metrics.jobs.failed(JOB, &e);
                     0
                 }
             };
-            if sent == 0 {
+            if sent < BATCH as usize {
                 tokio::select! {
                     _ = self.waker.notified() => {}
                     _ = tokio::time::sleep(self.poll) => {}
@@ -42,23 +47,18 @@ impl MailJob {
         }
     }
 
-    /// Claims a batch of due rows, sends them side by side, and records the outcome; returns
-    /// how many rows were attempted. The sends run in parallel, so the batch takes about as long
-    /// as its slowest send, which the claim's lease covers.
+    /// Claims a batch of due rows, sends them [`SENDERS`] at a time, and records the outcome;
+    /// returns how many rows were attempted. A batch takes about `BATCH / SENDERS` times its
+    /// slowest send, which the claim's lease covers.
     pub async fn drain_once(&self) -> Result<usize, DbError> {
         let now = naive(Utc::now());
         let rows = self.db.run(move |c| outbox::claim(c, now, BATCH)).await?;
         let n = rows.len();
         let mut sending = Vec::with_capacity(n);
+        let mut readable = Vec::with_capacity(n);
         for row in rows {
             match serde_json::from_str::<QueuedMail>(&row.payload) {
-                Ok(mail) => {
-                    let (mailer, outgoing) = (self.mailer.clone(), mail.into_outgoing(&self.from));
-                    sending.push((
-                        row,
-                        tokio::task::spawn_blocking(move || mailer.send(&outgoing)),
-                    ));
-                }
+                Ok(mail) => readable.push((row, mail.into_outgoing(&self.from))),
                 Err(e) => {
                     tracing::error!(id = %row.id, error = %e, "outbox row is not a mail; parked");
                     let park = naive(Utc::now() + chrono::Duration::days(3650));
@@ -69,11 +69,37 @@ impl MailJob {
                 }
             }
         }
+        // Each sender takes every SENDERS-th mail and sends its share one after the other.
+        let mut shares: Vec<Vec<_>> = (0..SENDERS).map(|_| Vec::new()).collect();
+        for (i, item) in readable.into_iter().enumerate() {
+            shares[i % SENDERS].push(item);
+        }
+        for share in shares.into_iter().filter(|s| !s.is_empty()) {
+            let mailer = self.mailer.clone();
+            sending.push(tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                share
+                    .into_iter()
+                    // Past half the lease, the rest waits for the lease to run out and is
+                    // claimed again, so no other instance sends a mail this one is sending.
+                    .take_while(|_| started.elapsed() < SEND_WITHIN)
+                    .map(|(row, outgoing)| {
+                        let result = mailer.send(&outgoing);
+                        (row, result)
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut outcomes = Vec::with_capacity(n);
+        for handle in sending {
+            match handle.await {
+                Ok(done) => outcomes.extend(done),
+                // The rows of a sender that panicked stay claimed and are retried after the lease.
+                Err(e) => tracing::error!(error = %e, "a mail sender died"),
+            }
+        }
         let mut sent = Vec::with_capacity(n);
-        for (row, handle) in sending {
-            let result = handle
-                .await
-                .unwrap_or_else(|e| Err(crate::email::MailError::InvalidMessage(e.to_string())));
+        for (row, result) in outcomes {
             match result {
                 Ok(()) => {
                     self.metrics
@@ -107,5 +133,12 @@ impl MailJob {
     }
 }
 
-/// Mails claimed and sent together.
-const BATCH: i64 = 16;
+const JOB: &str = "mailer";
+
+/// Mails claimed together, and marked sent together: two statements per batch, so the mailer
+/// keeps up while bookings compete for the same database threads.
+const BATCH: i64 = 128;
+/// Mails of a batch sent at once (each sender sends its share in turn).
+const SENDERS: usize = 8;
+/// A sender starts no mail of its share after this much of the claim's lease has passed.
+const SEND_WITHIN: Duration = Duration::from_secs(15);

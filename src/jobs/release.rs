@@ -54,6 +54,7 @@ pub fn booking_mail<'a>(
     }
 }
 
+#[derive(Clone)]
 pub struct Release {
     pub db: Db,
     pub grants: Arc<Grants>,
@@ -69,9 +70,13 @@ impl Release {
     pub async fn run(self) {
         loop {
             match self.pass(Utc::now().naive_utc()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(bookings = n, "no-shows released"),
-                Err(e) => tracing::warn!(error = %e, "no-show release failed"),
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(bookings = n, "no-shows released");
+                    }
+                    self.metrics.jobs.ok("release");
+                }
+                Err(e) => self.metrics.jobs.failed("release", &e),
             }
             tokio::time::sleep(self.every).await;
         }

@@ -21,18 +21,23 @@ use crate::fleet::Fleet;
 const CATCH_UP_MS: i64 = 2 * 3600 * 1000;
 
 pub async fn run(db: Db, fleet: Arc<Fleet>, every: Duration) {
+    catch_up(&fleet);
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = pass(&db, &fleet).await {
+            tracing::warn!(error = %e, "roll-up pass failed; retrying");
+        }
+    }
+}
+
+/// Marks every quarter of the last [`CATCH_UP_MS`] for recomputing, as a start does.
+pub fn catch_up(fleet: &Fleet) {
     let now = chrono::Utc::now().timestamp_millis();
     let current = now - now.rem_euclid(QUARTER_MS);
     let mut q = current - CATCH_UP_MS;
     while q <= current {
         fleet.mark_all(q);
         q += QUARTER_MS;
-    }
-    loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = pass(&db, &fleet).await {
-            tracing::warn!(error = %e, "roll-up pass failed; retrying");
-        }
     }
 }
 

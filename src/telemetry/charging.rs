@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 /// `charger_state` values of a car plugged in: `connected`, `charging`.
 const PLUGGED: [f64; 2] = [1.0, 2.0];
 
+#[derive(Clone)]
 pub struct SmartCharging {
     pub db: Db,
     pub fleet: Arc<Fleet>,
@@ -108,9 +109,8 @@ pub fn demand(
 impl SmartCharging {
     pub async fn run(self) {
         loop {
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "smart charging pass failed");
-            }
+            let outcome = self.pass().await.map(|_| ());
+            self.metrics.jobs.report("charging", outcome);
             tokio::time::sleep(self.every).await;
         }
     }

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 /// A setpoint command not carried out within this is stale.
 const COMMAND_TTL: chrono::Duration = chrono::Duration::minutes(15);
 
+#[derive(Clone)]
 pub struct Climate {
     pub db: Db,
     pub fleet: Arc<Fleet>,
@@ -45,14 +46,15 @@ impl Climate {
                     .filter_map(|r| r.mode.parse().ok().map(|m| (r.zone_id, m)))
                     .collect(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "climate history not loaded");
+                    self.metrics
+                        .jobs
+                        .failed("climate", &format!("history not loaded: {e}"));
                     HashMap::new()
                 }
             };
         loop {
-            if let Err(e) = self.pass(&mut last).await {
-                tracing::warn!(error = %e, "climate pass failed");
-            }
+            let outcome = self.pass(&mut last).await;
+            self.metrics.jobs.report("climate", outcome);
             tokio::time::sleep(self.every).await;
         }
     }

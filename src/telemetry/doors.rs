@@ -10,14 +10,24 @@ use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
 use crate::db::access::{self, AccessLogRow};
-use crate::db::{bookings, Db};
+use crate::db::{bookings, Db, DbError};
 use crate::domain::access_control::{credential_hash, decide, Door, ReplayGuard};
 use crate::domain::policy::CHECK_IN_EARLY;
 use crate::domain::telemetry::read_badge;
 use crate::domain::{DenyReason, DeviceClass};
 use crate::fleet::Fleet;
 use crate::grants::Grants;
+use crate::jobs::supervisor::Supervisor;
 use crate::metrics::Metrics;
+
+/// The job name of the task that writes the access log and checks bookings in.
+pub const JOB: &str = "door_after_work";
+/// Decisions, check-ins and notices waiting for that task; past this, new ones are dropped
+/// (counted in `spazi_access_queue_full_total`) rather than grow memory or stall the event loop.
+pub const AFTER_QUEUE: usize = 20_000;
+/// Access-log rows kept for a later attempt while the database is unavailable; the oldest are
+/// dropped beyond this.
+const PENDING_ROWS: usize = 20_000;
 
 /// What happens after a decision, off the hot path.
 enum After {
@@ -132,6 +142,8 @@ pub struct Doors {
     metrics: Arc<Metrics>,
     guard: Mutex<ReplayGuard>,
     after: flume::Sender<After>,
+    /// A grants notice was dropped with a full queue: every grant is reloaded instead.
+    reload_all: Arc<AtomicBool>,
     unlock_ttl_ms: i64,
     unlock_secs: i64,
 }
@@ -147,8 +159,10 @@ fn instant(ms: i64) -> chrono::NaiveDateTime {
 }
 
 impl Doors {
-    /// Starts the task that logs decisions and checks bookings in.
+    /// Starts the task that logs decisions and checks bookings in, under `supervisor`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
+        supervisor: &Supervisor,
         db: Db,
         grants: Arc<Grants>,
         fleet: Arc<Fleet>,
@@ -157,8 +171,16 @@ impl Doors {
         unlock_secs: i64,
         answer_broker: Option<AnswerBroker>,
     ) -> Arc<Doors> {
-        let (tx, rx) = flume::unbounded();
-        tokio::spawn(after_decisions(db, grants.clone(), metrics.clone(), rx));
+        let (tx, rx) = flume::bounded(AFTER_QUEUE);
+        let reload_all = Arc::new(AtomicBool::new(false));
+        let writer = AfterWork {
+            db,
+            grants: grants.clone(),
+            metrics: metrics.clone(),
+            rx,
+            reload_all: reload_all.clone(),
+        };
+        supervisor.spawn(JOB, move || writer.clone().run());
         Arc::new(Doors {
             answers: Answers::connect(answer_broker),
             grants,
@@ -166,9 +188,26 @@ impl Doors {
             metrics,
             guard: Mutex::new(ReplayGuard::default()),
             after: tx,
+            reload_all,
             unlock_ttl_ms,
             unlock_secs,
         })
+    }
+
+    /// Queues work for the writer without waiting; false (counted) when its queue is full.
+    fn queue(&self, item: After) -> bool {
+        match self.after.try_send(item) {
+            Ok(()) => true,
+            Err(flume::TrySendError::Full(_)) => {
+                self.metrics
+                    .access
+                    .after_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("door writer queue full: an access-log row, check-in or grants notice was dropped");
+                false
+            }
+            Err(flume::TrySendError::Disconnected(_)) => false,
+        }
     }
 
     /// Decides a badge scan from `site`/`device` and queues the answer on `client`. Never waits:
@@ -269,16 +308,18 @@ impl Doors {
             latency_us,
             anonymised: false,
         };
-        let _ = self.after.send(After::Logged(Box::new(row)));
+        self.queue(After::Logged(Box::new(row)));
         if let Ok((booking_id, _, starts_ms, ends_ms)) = decision {
             if starts_ms - CHECK_IN_EARLY.num_milliseconds() <= now
                 && now < ends_ms
                 && self.grants.first_check_in(&booking_id)
-            {
-                let _ = self.after.send(After::CheckIn {
-                    booking_id,
+                && !self.queue(After::CheckIn {
+                    booking_id: booking_id.clone(),
                     site_id: site.to_owned(),
-                });
+                })
+            {
+                // Tried again at the next scan.
+                self.grants.check_in_failed(&booking_id);
             }
         }
     }
@@ -291,7 +332,9 @@ impl Doors {
         }
         match serde_json::from_slice::<Notice>(payload) {
             Ok(n) if !n.bookings.is_empty() && n.bookings.len() <= 10_000 => {
-                let _ = self.after.send(After::Reload(n.bookings));
+                if !self.queue(After::Reload(n.bookings)) {
+                    self.reload_all.store(true, Ordering::Relaxed);
+                }
             }
             _ => tracing::warn!("a grants notice that is not {{\"bookings\":[…]}} was ignored"),
         }
@@ -318,85 +361,203 @@ impl Doors {
         if g.starts_ms - CHECK_IN_EARLY.num_milliseconds() <= now
             && now < g.ends_ms
             && self.grants.first_check_in(&g.booking_id)
-        {
-            let _ = self.after.send(After::CheckIn {
+            && !self.queue(After::CheckIn {
                 booking_id: g.booking_id.clone(),
                 site_id: g.site_id.clone(),
-            });
+            })
+        {
+            self.grants.check_in_failed(&g.booking_id);
         }
     }
 }
 
-/// Writes decisions to the access log in batches and checks bookings in.
-async fn after_decisions(
+/// Whether an error may go away if the same write is tried again: the database busy, locked or
+/// unreachable, a deadlock or serialization failure. Anything else (text it cannot store, a
+/// constraint) fails the same way every time.
+pub fn is_transient(e: &DbError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        DbError::Busy(_) | DbError::Unavailable(_) => true,
+        DbError::Query(Error::DatabaseError(kind, info)) => {
+            matches!(
+                kind,
+                DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection
+            ) || info.message().contains("deadlock")
+        }
+        DbError::Query(Error::BrokenTransactionManager | Error::AlreadyInTransaction) => true,
+        _ => false,
+    }
+}
+
+/// Writes decisions to the access log in batches, reloads announced grants and checks bookings
+/// in. A row the database refuses for good is logged and skipped; rows that met a transient
+/// error wait (at most [`PENDING_ROWS`]) for the next round, so check-ins and reloads go on.
+#[derive(Clone)]
+struct AfterWork {
     db: Db,
     grants: Arc<Grants>,
     metrics: Arc<Metrics>,
     rx: flume::Receiver<After>,
-) {
-    while let Ok(first) = rx.recv_async().await {
-        let mut rows = Vec::new();
-        let mut check_ins = Vec::new();
-        let mut reload: Vec<String> = Vec::new();
-        let mut next = Some(first);
-        while let Some(item) = next {
-            match item {
-                After::Logged(row) => rows.push(*row),
-                After::CheckIn {
-                    booking_id,
-                    site_id,
-                } => check_ins.push((booking_id, site_id)),
-                After::Reload(ids) => reload.extend(ids),
-            }
-            next = if rows.len() < 1_000 {
-                rx.try_recv().ok()
+    reload_all: Arc<AtomicBool>,
+}
+
+impl AfterWork {
+    async fn run(self) {
+        let mut pending: Vec<AccessLogRow> = Vec::new();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let first = if pending.is_empty() {
+                match self.rx.recv_async().await {
+                    Ok(item) => Some(item),
+                    Err(_) => return,
+                }
             } else {
-                None
+                // Rows are waiting for the database: try again after `delay` at the latest.
+                tokio::time::timeout(delay, self.rx.recv_async())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
             };
-        }
-        if !rows.is_empty() {
-            let mut delay = Duration::from_millis(50);
-            loop {
-                let batch = rows.clone();
-                match db.run(move |c| access::log_decisions(c, &batch)).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "access log not written; retrying");
-                        tokio::time::sleep(delay).await;
+            let mut check_ins = Vec::new();
+            let mut reload: Vec<String> = Vec::new();
+            let mut next = first;
+            while let Some(item) = next {
+                match item {
+                    After::Logged(row) => pending.push(*row),
+                    After::CheckIn {
+                        booking_id,
+                        site_id,
+                    } => check_ins.push((booking_id, site_id)),
+                    After::Reload(ids) => reload.extend(ids),
+                }
+                next = if pending.len() < 1_000 {
+                    self.rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let mut failure = None;
+            if !pending.is_empty() {
+                match self.write_log(std::mem::take(&mut pending)).await {
+                    Ok(()) => delay = Duration::from_millis(50),
+                    Err((rows, e)) => {
+                        pending = rows;
+                        if pending.len() > PENDING_ROWS {
+                            let drop = pending.len() - PENDING_ROWS;
+                            pending.drain(..drop);
+                            tracing::warn!(
+                                rows = drop,
+                                "access-log rows dropped: the database stayed unavailable"
+                            );
+                        }
+                        failure = Some(format!("access log not written: {e}"));
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }
-        }
-        if !reload.is_empty() {
-            match db
-                .run(move |c| {
-                    let mut rows = Vec::new();
-                    for id in reload {
-                        rows.extend(access::grant(c, &id)?);
+            if self.reload_all.swap(false, Ordering::Relaxed) {
+                let since = chrono::Utc::now().naive_utc() - chrono::Duration::days(1);
+                match self.db.run(move |c| access::grants(c, None, since)).await {
+                    Ok(rows) => rows.iter().for_each(|r| self.grants.upsert_from_peer(r)),
+                    Err(e) => {
+                        self.reload_all.store(true, Ordering::Relaxed);
+                        failure = Some(format!("grants not reloaded: {e}"));
                     }
-                    Ok::<_, crate::db::DbError>(rows)
-                })
-                .await
-            {
-                Ok(rows) => rows.iter().for_each(|r| grants.upsert_from_peer(r)),
-                Err(e) => tracing::warn!(error = %e, "announced grants not reloaded"),
+                }
+            }
+            if !reload.is_empty() {
+                match self
+                    .db
+                    .run(move |c| {
+                        let mut rows = Vec::new();
+                        for id in reload {
+                            rows.extend(access::grant(c, &id)?);
+                        }
+                        Ok::<_, DbError>(rows)
+                    })
+                    .await
+                {
+                    Ok(rows) => rows.iter().for_each(|r| self.grants.upsert_from_peer(r)),
+                    Err(e) => {
+                        // The periodic reload of every grant catches up.
+                        self.reload_all.store(true, Ordering::Relaxed);
+                        failure = Some(format!("announced grants not reloaded: {e}"));
+                    }
+                }
+            }
+            for (id, site) in check_ins {
+                let at = chrono::Utc::now().naive_utc();
+                let booking = id.clone();
+                match self
+                    .db
+                    .run(move |c| bookings::check_in(c, &booking, at))
+                    .await
+                {
+                    Ok(_) => {
+                        self.metrics
+                            .access
+                            .checked_in
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(booking = %id, site = %site, "booking checked in by the building");
+                    }
+                    Err(bookings::BookingWriteError::WrongStatus(_)) => {}
+                    Err(e) => {
+                        self.grants.check_in_failed(&id);
+                        tracing::warn!(booking = %id, error = %e, "automatic check-in failed");
+                    }
+                }
+            }
+            match failure {
+                None => self.metrics.jobs.ok(JOB),
+                Some(e) => self.metrics.jobs.failed(JOB, &e),
             }
         }
-        for (id, site) in check_ins {
-            let at = chrono::Utc::now().naive_utc();
-            let booking = id.clone();
-            match db.run(move |c| bookings::check_in(c, &booking, at)).await {
-                Ok(_) => {
-                    metrics.access.checked_in.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(booking = %id, site = %site, "booking checked in by the building");
+    }
+
+    /// Writes `rows` in one statement; when the database refuses it for good, row by row,
+    /// skipping (and logging) each row it refuses. Gives the rows back on a transient error.
+    async fn write_log(&self, rows: Vec<AccessLogRow>) -> Result<(), (Vec<AccessLogRow>, DbError)> {
+        let batch = rows.clone();
+        let e = match self.db.run(move |c| access::log_decisions(c, &batch)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_transient(&e) => return Err((rows, e)),
+            Err(e) => e,
+        };
+        tracing::warn!(rows = rows.len(), error = %e, "access log refused a batch; writing it row by row");
+        let all = rows.clone();
+        // How far it got, the rows refused for good, and the transient error that stopped it.
+        let outcome = self
+            .db
+            .run(move |c| {
+                let mut refused = Vec::new();
+                for (i, row) in rows.iter().enumerate() {
+                    match access::log_decisions(c, std::slice::from_ref(row)) {
+                        Ok(_) | Err(DbError::Duplicate) => {}
+                        Err(e) if is_transient(&e) => {
+                            return Ok::<_, DbError>((i, refused, Some(e)))
+                        }
+                        Err(e) => {
+                            refused.push((row.id.clone(), row.door_id.clone(), e.to_string()))
+                        }
+                    }
                 }
-                Err(bookings::BookingWriteError::WrongStatus(_)) => {}
-                Err(e) => {
-                    grants.check_in_failed(&id);
-                    tracing::warn!(booking = %id, error = %e, "automatic check-in failed");
-                }
-            }
+                Ok((rows.len(), refused, None))
+            })
+            .await;
+        let (done, refused, stopped) = match outcome {
+            Ok(o) => o,
+            Err(e) => (0, Vec::new(), Some(e)),
+        };
+        for (id, door, error) in refused {
+            self.metrics
+                .access
+                .log_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(row = %id, door = %door, %error, "access-log row refused by the database; skipped");
+        }
+        match stopped {
+            None => Ok(()),
+            Some(e) => Err((all.into_iter().skip(done).collect(), e)),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::domain::access_control::{GrantEntry, GrantList};
 use crate::domain::DeviceClass;
 use crate::fleet::Fleet;
 use crate::grants::Grants;
+use crate::metrics::Metrics;
 
 /// Where instances announce bookings whose door grants changed (never shared: every instance
 /// must hear every notice).
@@ -34,19 +35,25 @@ const RELOAD_EVERY: Duration = Duration::from_secs(300);
 /// An unchanged grant list is published again after this, so its window keeps 23 hours ahead.
 const REPUBLISH_UNCHANGED_MS: i64 = 3_600_000;
 
+/// The job name of the grant publisher.
+pub const JOB: &str = "grant_publisher";
+
 /// Keeps each site's grant list retained on its gateway: republished within a second of a
-/// change, only when its content changed.
+/// change, only when its content changed. Each round is a pass of [`JOB`]; a round in which a
+/// reload, an announcement or a list failed is a failed pass.
 pub async fn publish_grants(
     db: Db,
     grants: Arc<Grants>,
     fleet: Arc<Fleet>,
     client: AsyncClient,
     sites: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    metrics: Arc<Metrics>,
 ) {
     // Per site: the version, the entries and when they were last published.
     let mut published: HashMap<String, (i64, Vec<GrantEntry>, i64)> = HashMap::new();
     let mut last_reload = Instant::now() - RELOAD_EVERY;
     loop {
+        let mut failure: Option<String> = None;
         if last_reload.elapsed() >= RELOAD_EVERY {
             let since = chrono::Utc::now().naive_utc() - chrono::Duration::days(1);
             match db.run(move |c| access::grants(c, None, since)).await {
@@ -55,7 +62,7 @@ pub async fn publish_grants(
                     grants.prune(now_ms() - 86_400_000);
                     last_reload = Instant::now();
                 }
-                Err(e) => tracing::warn!(error = %e, "grants not reloaded"),
+                Err(e) => failure = Some(format!("grants not reloaded: {e}")),
             }
         }
         let changed = grants.take_announcements();
@@ -70,7 +77,11 @@ pub async fn publish_grants(
                 )
                 .await
             {
-                tracing::warn!(error = %e, "grant changes not announced to other instances");
+                // Announced again next round.
+                grants.reannounce(changed);
+                failure = Some(format!(
+                    "grant changes not announced to other instances: {e}"
+                ));
             }
         }
         let dirty = grants.take_dirty();
@@ -129,10 +140,14 @@ pub async fn publish_grants(
                     published.insert(site, (built.version, built.grants, now));
                 }
                 Err(e) => {
-                    tracing::warn!(site = %site, error = %e, "grant list not published");
+                    failure = Some(format!("grant list of {site} not published: {e}"));
                     grants.mark(&site);
                 }
             }
+        }
+        match failure {
+            None => metrics.jobs.ok(JOB),
+            Some(e) => metrics.jobs.failed(JOB, &e),
         }
         let wait = RELOAD_EVERY.saturating_sub(last_reload.elapsed());
         tokio::select! {
