@@ -16,6 +16,7 @@ mod energy;
 mod mosquitto;
 mod network;
 mod ops;
+mod resilience;
 mod simulator;
 mod telemetry;
 mod telemetry_api;
