@@ -120,12 +120,23 @@ impl Grants {
 
     /// Replaces every grant (all sites) and marks every site for republishing.
     pub fn load_all(&self, rows: &[GrantRow], sites: impl IntoIterator<Item = String>) {
-        let mut fresh = Inner::default();
-        let mut inner = self.write();
-        // Revocations made while the rows were read are kept.
-        fresh.revoked = std::mem::take(&mut inner.revoked);
+        // Revocations known now, and those made while the rows were read, are kept.
+        let mut fresh = Inner {
+            revoked: self.read().revoked.clone(),
+            ..Inner::default()
+        };
         for r in rows {
             fresh.insert(grant_of(r));
+        }
+        let mut inner = self.write();
+        for (id, (state, at)) in std::mem::take(&mut inner.revoked) {
+            if fresh.revoked.insert(id.clone(), (state, at)).is_none() {
+                if let Some(g) = fresh.by_booking.get(&id).filter(|g| g.state != state) {
+                    let mut g = (**g).clone();
+                    g.state = state;
+                    fresh.insert(g);
+                }
+            }
         }
         *inner = fresh;
         drop(inner);
