@@ -1,7 +1,7 @@
 //! A booking's life cycle, in one place between the edges (HTTP handlers, jobs, the CLI, door
 //! decisions) and `db/` + `domain/`:
 //!
-//! - [`create`]: the policy, the allowance charge, the booking, its door credential, its
+//! - [`create`] (and [`quote`], what it would answer): the policy, the allowance charge, the booking, its door credential, its
 //!   confirmation mail and, for an EV bay, its charging plan, all in one transaction;
 //! - [`withdraw`]: a cancellation or a no-show release (status, refund, mail, grant revocation),
 //!   and [`release_no_shows`], one pass of the release job;
@@ -15,6 +15,7 @@ pub mod charging;
 mod check_in;
 mod create;
 pub mod mail;
+mod quote;
 mod withdraw;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 
 pub use check_in::{building_check_in_due, check_in, check_in_by_building};
 pub use create::{check, create, Checked, Created, NewBooking, Target};
+pub use quote::{quote, AllowanceQuote, Quoted};
 pub use withdraw::{release_no_shows, withdraw, Withdrawal};
 
 /// What the life cycle works with: the database, a snapshot of the site directory, the door

@@ -10,11 +10,9 @@ use crate::api::idempotency::{self, Created};
 use crate::api::state::AppState;
 use crate::api::views::{local_text, utc_text};
 use crate::bookings::{self, NewBooking};
-use crate::db::bookings as store;
-use crate::db::{naive, utc};
+use crate::db::utc;
 use crate::domain::access::Caller;
-use crate::domain::policy;
-use crate::domain::{FieldError, TimeRange};
+use crate::domain::FieldError;
 
 #[derive(Deserialize, ToSchema)]
 pub struct BookingRequest {
@@ -134,68 +132,26 @@ pub async fn quote(
 ) -> Result<HttpResponse, ApiError> {
     let request = body.0;
     let resource_id = request.resource_id.clone();
-    let (start, end) = (request.starts_at.clone(), request.ends_at.clone());
-    let caller = auth.caller;
     let dir = state.directory();
-    let (target, checked) = bookings::check(&dir, &caller, &request.into(), now());
-    let Some(target) = target else {
-        return Err(ApiError::Validation(checked.err().unwrap_or_default()));
-    };
-    let tz = target.site.tz;
-    let range = TimeRange::parse(&start, &end, "starts_at", "ends_at").ok();
-    let mut errors = checked.as_ref().err().cloned().unwrap_or_default();
-    let (rid, org) = (
-        target.resource.resource.id.clone(),
-        caller.organization_id.clone(),
-    );
-    let month = range.map(|r| policy::allowance_month(&r, tz));
-    let (conflicts, allowance) = state
-        .db
-        .run(move |c| {
-            let conflicts = match range {
-                Some(r) => store::conflicts(c, &rid, naive(r.start()), naive(r.end()))?,
-                None => Vec::new(),
-            };
-            let allowance = match (org, month) {
-                (Some(o), Some(m)) => {
-                    Some((o.clone(), m.clone(), store::allowance_status(c, &o, &m)?))
-                }
-                _ => None,
-            };
-            Ok::<_, crate::db::DbError>((conflicts, allowance))
-        })
-        .await?;
-    let minutes = range.map(|r| policy::charged_minutes(&r)).unwrap_or(0);
-    let allowance = allowance.map(|(organization_id, month, (limit, used))| {
-        if used + minutes > limit {
-            errors.push(FieldError::new(
-                "ends_at",
-                format!("the organization's allowance for {month} would be exceeded: {used} of {limit} minutes used, this booking needs {minutes}"),
-            ));
-        }
-        AllowanceUse {
-            organization_id,
-            month,
-            limit_minutes: limit,
-            used_minutes: used,
-            this_booking_minutes: minutes,
-            remaining_after_minutes: limit - used - minutes,
-        }
+    let q = bookings::quote(&state.db, &dir, &auth.caller, &request.into(), now()).await?;
+    let (tz, range, outcome) = (q.target.site.tz, q.range, q.outcome());
+    let allowance = q.allowance.map(|a| AllowanceUse {
+        remaining_after_minutes: a.limit_minutes - a.used_minutes - a.this_booking_minutes,
+        organization_id: a.organization_id,
+        month: a.month,
+        limit_minutes: a.limit_minutes,
+        used_minutes: a.used_minutes,
+        this_booking_minutes: a.this_booking_minutes,
     });
-    let conflicts: Vec<Conflict> = conflicts
+    let conflicts: Vec<Conflict> = q
+        .conflicts
         .into_iter()
-        .map(|(_, s, e)| Conflict {
+        .map(|(s, e)| Conflict {
             starts_at: utc_text(utc(s)),
             ends_at: utc_text(utc(e)),
         })
         .collect();
-    let outcome = if !errors.is_empty() {
-        422
-    } else if !conflicts.is_empty() {
-        409
-    } else {
-        201
-    };
+    let errors = q.errors;
     Ok(HttpResponse::Ok().json(Quote {
         bookable: outcome == 201,
         outcome,
