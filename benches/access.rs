@@ -197,7 +197,7 @@ fn store_bookings(db: &Db, settings: &Settings) -> anyhow::Result<Vec<Door>> {
                         organization_id: None,
                         starts_at: starts.naive_utc(),
                         ends_at: ends.naive_utc(),
-                        status: "confirmed".into(),
+                        status: spazi::domain::BookingStatus::Confirmed,
                         attendees: 1,
                         note: None,
                         charged_minutes: 0,
@@ -218,7 +218,7 @@ fn store_bookings(db: &Db, settings: &Settings) -> anyhow::Result<Vec<Door>> {
                     .map_err(|e| anyhow::anyhow!("a credential: {e}"))?;
                     let token = credential.row.token.clone();
                     db.run_blocking(|c| {
-                        spazi::db::bookings::create(c, &booking, None, &credential, |_| {
+                        spazi::db::bookings::create(c, &booking, None, &credential, None, |_| {
                             let mut row = OutboxRow::due("none", "{}".into(), created);
                             row.sent_at = Some(created);
                             row

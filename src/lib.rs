@@ -1,6 +1,7 @@
 //! Spazi: booking and building management for the Spazi per l'Italia coworking network.
 
 pub mod api;
+pub mod bookings;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -88,9 +88,7 @@ pub async fn access(
         .map(|r| r.zone.id.clone())
         .unwrap_or_default();
     let now = naive(Utc::now());
-    let status = if b.status == BookingStatus::Cancelled.as_str()
-        || b.status == BookingStatus::Released.as_str()
-    {
+    let status = if b.status == BookingStatus::Cancelled || b.status == BookingStatus::Released {
         "revoked"
     } else if now < cred.valid_from {
         "not_yet_valid"

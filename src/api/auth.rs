@@ -9,11 +9,12 @@ use super::error::ApiError;
 use super::extract::{Auth, Errors, Json};
 use super::state::AppState;
 use super::tokens::{hash_token, opaque_token, ACCESS_TTL, REFRESH_TTL, VERIFICATION_TTL};
-use crate::db::models::{EmailVerification, OutboxRow, RefreshToken, Session, User};
+use crate::bookings::mail::enqueue;
+use crate::db::models::{EmailVerification, RefreshToken, Session, User};
 use crate::db::users::{self, Rotation};
 use crate::db::{naive, DbError};
 use crate::domain::{password, FieldError, Role};
-use crate::email::compose::{self, QueuedMail};
+use crate::email::compose;
 
 #[derive(Deserialize, ToSchema)]
 pub struct SignupRequest {
@@ -93,12 +94,6 @@ pub fn normalise_email(email: &str) -> Result<String, FieldError> {
     }
 }
 
-/// An outbox row carrying `mail`, to be inserted in the transaction of the change it announces.
-pub fn queued(kind: &str, mail: &QueuedMail) -> Result<OutboxRow, ApiError> {
-    let payload = serde_json::to_string(mail).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(OutboxRow::due(kind, payload, naive(Utc::now())))
-}
-
 #[utoipa::path(post, path = "/api/v1/auth/signup", tag = "accounts", request_body = SignupRequest,
     responses((status = 201, body = SignupResponse), (status = 422, body = super::error::Problem)))]
 pub async fn signup(
@@ -140,11 +135,18 @@ pub async fn signup(
         expires_at: naive(now + VERIFICATION_TTL),
         used_at: None,
     };
-    let mail = queued("verification", &compose::verification(&email, &name, &link))?;
-    let notice = queued(
+    let mail = enqueue(
+        "verification",
+        &compose::verification(&email, &name, &link),
+        naive(now),
+    )
+    .map_err(ApiError::Internal)?;
+    let notice = enqueue(
         "already_registered",
         &compose::already_registered(&email, &state.config.public_url),
-    )?;
+        naive(now),
+    )
+    .map_err(ApiError::Internal)?;
     state
         .db
         .run(

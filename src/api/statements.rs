@@ -80,7 +80,7 @@ fn ms(t: chrono::NaiveDateTime) -> i64 {
 fn held_until(b: &Booking) -> i64 {
     let end = ms(b.ends_at);
     match b.cancelled_at {
-        Some(at) if b.status == crate::domain::BookingStatus::Released.as_str() => {
+        Some(at) if b.status == crate::domain::BookingStatus::Released => {
             end.min(ms(at)).max(ms(b.starts_at))
         }
         _ => end,

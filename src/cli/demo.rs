@@ -6,8 +6,8 @@ use anyhow::Context;
 use chrono::{Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 
 use super::{create_account, NewAccount};
-use crate::api::bookings::create::{book, BookingRequest};
 use crate::api::state::AppState;
+use crate::bookings::{self, charging::ChargingWish, Env, NewBooking};
 use crate::config::{Config, MqttConfig, SecretPolicy};
 use crate::db::models::Organization;
 use crate::db::{naive, users, Db};
@@ -228,7 +228,7 @@ async fn book_demo_week(state: &AppState) -> anyhow::Result<()> {
             organization_id: user.organization_id,
             managed_sites: Vec::new(),
         };
-        let request = BookingRequest {
+        let request = NewBooking {
             resource_id: resource_id.to_string(),
             starts_at,
             ends_at,
@@ -237,13 +237,22 @@ async fn book_demo_week(state: &AppState) -> anyhow::Result<()> {
             charging: dir
                 .resource(resource_id)
                 .filter(|r| r.kind == crate::domain::ResourceKind::EvBay)
-                .map(|_| crate::api::bookings::charging::ChargingRequest {
+                .map(|_| ChargingWish {
                     target_wh: Some(15_000.0),
                     mode: None,
                 }),
         };
+        let env = Env {
+            db: &state.db,
+            directory: &dir,
+            grants: &state.grants,
+            metrics: &state.metrics,
+            mail_waker: &state.mail_waker,
+            public_url: &state.config.public_url,
+            mail_from: &state.config.mail_from,
+        };
         // A closure of the site that day is the policy working, not a failure of the demo.
-        if let Err(e) = book(state, &caller, request).await {
+        if let Err(e) = bookings::create(env, &caller, request).await {
             tracing::info!(resource = resource_id, error = %e, "demo booking skipped");
         }
     }

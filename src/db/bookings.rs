@@ -5,6 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::access::{self, CredentialRow, NewCredential};
+use super::energy::{insert_plan, EvPlanRow};
 use super::models::{Booking, OutboxRow};
 use super::schema::{allowance_usage, bookings, organizations, outbox};
 use super::{write_transaction, DbConnection, DbError};
@@ -49,13 +50,14 @@ pub struct AllowanceCharge {
     pub minutes: i32,
 }
 
-/// Stores a booking with its door credential, charges the allowance and queues its email, all or
-/// nothing. Returns the credential as issued (its PIN is the first candidate free at the site).
+/// Stores a booking with its door credential and (for an EV bay) its charging plan, charges the
+/// allowance and queues its email, all or nothing. Returns the credential as issued (its PIN is the first candidate free at the site).
 pub fn create(
     conn: &mut DbConnection,
     booking: &Booking,
     charge: Option<&AllowanceCharge>,
     credential: &NewCredential,
+    ev_plan: Option<&EvPlanRow>,
     mail: impl FnOnce(&CredentialRow) -> OutboxRow,
 ) -> Result<CredentialRow, BookingWriteError> {
     write_transaction(conn, |conn| {
@@ -68,6 +70,9 @@ pub fn create(
                 .execute(c)?;
         });
         let issued = access::issue(conn, credential)?;
+        if let Some(plan) = ev_plan {
+            insert_plan(conn, plan)?;
+        }
         let mail = mail(&issued);
         on_backend!(conn, |c| {
             diesel::insert_into(outbox::table)
@@ -171,7 +176,7 @@ fn transition(
         .select(Booking::as_select())
         .first(conn)?;
     if updated == 0 {
-        return Err(BookingWriteError::WrongStatus(booking.status));
+        return Err(BookingWriteError::WrongStatus(booking.status.to_string()));
     }
     Ok(booking)
 }

@@ -1,9 +1,44 @@
 //! Rows as stored. Read models that join tables live beside the queries that build them.
 
 use chrono::NaiveDateTime;
+use diesel::backend::Backend;
+use diesel::deserialize::{self, FromSql};
 use diesel::prelude::*;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::Text;
 
 use super::schema::*;
+use crate::domain::BookingStatus;
+
+/// `bookings.status` is read as a [`BookingStatus`]; text that is not one of its values is an
+/// error, never a default.
+#[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+#[diesel(foreign_derive)]
+#[diesel(sql_type = Text)]
+#[allow(dead_code)]
+struct BookingStatusColumn(BookingStatus);
+
+impl<DB> FromSql<Text, DB> for BookingStatus
+where
+    DB: Backend,
+    String: FromSql<Text, DB>,
+{
+    fn from_sql(bytes: DB::RawValue<'_>) -> deserialize::Result<Self> {
+        let text = String::from_sql(bytes)?;
+        text.parse()
+            .map_err(|e| format!("booking status {text:?} {e}").into())
+    }
+}
+
+impl<DB> ToSql<Text, DB> for BookingStatus
+where
+    DB: Backend,
+    str: ToSql<Text, DB>,
+{
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, DB>) -> serialize::Result {
+        self.as_str().to_sql(out)
+    }
+}
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = organizations)]
@@ -123,7 +158,7 @@ pub struct Booking {
     pub organization_id: Option<String>,
     pub starts_at: NaiveDateTime,
     pub ends_at: NaiveDateTime,
-    pub status: String,
+    pub status: BookingStatus,
     pub attendees: i32,
     pub note: Option<String>,
     pub charged_minutes: i32,

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
+use crate::bookings::{building_check_in_due, check_in_by_building};
 use crate::db::access::{self, AccessLogRow};
-use crate::db::{bookings, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::domain::access_control::{credential_hash, decide, Door, ReplayGuard};
 use crate::domain::policy::CHECK_IN_EARLY;
 use crate::domain::telemetry::read_badge;
@@ -310,9 +311,7 @@ impl Doors {
         };
         self.queue(After::Logged(Box::new(row)));
         if let Ok((booking_id, _, starts_ms, ends_ms)) = decision {
-            if starts_ms - CHECK_IN_EARLY.num_milliseconds() <= now
-                && now < ends_ms
-                && self.grants.first_check_in(&booking_id)
+            if building_check_in_due(&self.grants, &booking_id, starts_ms, ends_ms, now)
                 && !self.queue(After::CheckIn {
                     booking_id: booking_id.clone(),
                     site_id: site.to_owned(),
@@ -357,15 +356,16 @@ impl Doors {
         ) else {
             return;
         };
-        let now = now_ms();
-        if g.starts_ms - CHECK_IN_EARLY.num_milliseconds() <= now
-            && now < g.ends_ms
-            && self.grants.first_check_in(&g.booking_id)
-            && !self.queue(After::CheckIn {
-                booking_id: g.booking_id.clone(),
-                site_id: g.site_id.clone(),
-            })
-        {
+        if building_check_in_due(
+            &self.grants,
+            &g.booking_id,
+            g.starts_ms,
+            g.ends_ms,
+            now_ms(),
+        ) && !self.queue(After::CheckIn {
+            booking_id: g.booking_id.clone(),
+            site_id: g.site_id.clone(),
+        }) {
             self.grants.check_in_failed(&g.booking_id);
         }
     }
@@ -485,25 +485,19 @@ impl AfterWork {
                     }
                 }
             }
+
             for (id, site) in check_ins {
-                let at = chrono::Utc::now().naive_utc();
-                let booking = id.clone();
-                match self
-                    .db
-                    .run(move |c| bookings::check_in(c, &booking, at))
-                    .await
-                {
-                    Ok(_) => {
+                match check_in_by_building(&self.db, &self.grants, &id, chrono::Utc::now()).await {
+                    Ok(Some(_)) => {
                         self.metrics
                             .access
                             .checked_in
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::info!(booking = %id, site = %site, "booking checked in by the building");
                     }
-                    Err(bookings::BookingWriteError::WrongStatus(_)) => {}
+                    Ok(None) => {}
                     Err(e) => {
-                        self.grants.check_in_failed(&id);
-                        tracing::warn!(booking = %id, error = %e, "automatic check-in failed");
+                        tracing::warn!(booking = %id, error = %e, "automatic check-in failed")
                     }
                 }
             }

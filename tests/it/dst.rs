@@ -109,7 +109,7 @@ fn insert_booking(
         organization_id: None,
         starts_at: t(start),
         ends_at: t(end),
-        status: "completed".into(),
+        status: spazi::domain::BookingStatus::Completed,
         attendees: 1,
         note: None,
         charged_minutes: 0,
@@ -147,7 +147,7 @@ fn insert_booking(
                 },
                 pins: Vec::new(),
             };
-            spazi::db::bookings::create(c, &booking, None, &credential, |_| mail.clone())
+            spazi::db::bookings::create(c, &booking, None, &credential, None, |_| mail.clone())
         })
         .unwrap();
     id

@@ -349,7 +349,7 @@ impl TestApp {
             organization_id: organization_id.map(str::to_owned),
             starts_at: starts.naive_utc(),
             ends_at: ends.naive_utc(),
-            status: "confirmed".into(),
+            status: spazi::domain::BookingStatus::Confirmed,
             attendees: 1,
             note: None,
             charged_minutes,
@@ -373,7 +373,7 @@ impl TestApp {
             .state
             .db
             .run_blocking(move |c| {
-                spazi::db::bookings::create(c, &booking, charge.as_ref(), &credential, |_| {
+                spazi::db::bookings::create(c, &booking, charge.as_ref(), &credential, None, |_| {
                     let mut row = OutboxRow::due("none", "{}".into(), now);
                     row.sent_at = Some(now);
                     row

@@ -7,6 +7,7 @@ mod accounts;
 mod acl;
 mod authorization;
 mod bad_input;
+mod booking_module;
 mod building;
 mod concurrency;
 mod crash;

@@ -14,13 +14,14 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::state::AppState;
 use super::views::{local_text, utc_text, ResourceView, SiteRef};
+use crate::bookings::{Env, Error as LifeCycleError};
 use crate::db::models::Booking;
+use crate::db::network::Directory;
 use crate::db::network::{ResourceEntry, SiteEntry};
 use crate::db::utc;
 use crate::domain::access::BookingOwner;
+use crate::domain::policy::CHECK_IN_EARLY;
 use crate::domain::BookingStatus;
-use crate::email::compose::BookingMail;
-use crate::jobs::release::{booking_mail, organizer_address};
 
 #[derive(Serialize, ToSchema)]
 pub struct BookingOut {
@@ -54,7 +55,7 @@ pub struct BookingOut {
 pub fn booking_out(b: Booking, site: &SiteEntry, resource: &ResourceEntry) -> BookingOut {
     let tz = site.tz;
     BookingOut {
-        status: b.status.parse().unwrap_or(BookingStatus::Confirmed),
+        status: b.status,
         starts_at: utc_text(utc(b.starts_at)),
         ends_at: utc_text(utc(b.ends_at)),
         starts_at_local: local_text(utc(b.starts_at), tz),
@@ -81,16 +82,7 @@ pub fn place_of(
     state: &AppState,
     b: &Booking,
 ) -> Result<(Arc<SiteEntry>, Arc<ResourceEntry>), ApiError> {
-    let dir = state.directory();
-    let site = dir.get(&b.site_id).cloned();
-    let resource = dir.resource(&b.resource_id).cloned();
-    match (site, resource) {
-        (Some(s), Some(r)) => Ok((s, r)),
-        _ => Err(ApiError::Internal(format!(
-            "booking {} refers to a place not in the directory",
-            b.id
-        ))),
-    }
+    Ok(crate::bookings::place_of(&state.directory(), b)?)
 }
 
 pub fn owner(b: &Booking) -> BookingOwner<'_> {
@@ -101,32 +93,46 @@ pub fn owner(b: &Booking) -> BookingOwner<'_> {
     }
 }
 
-/// Everything a booking's mail or calendar file needs; strings are borrowed from the arguments.
-pub fn mail_context<'a>(
-    state: &'a AppState,
-    b: &'a Booking,
-    resource_name: &'a str,
-    site: &'a SiteEntry,
-    member: (&'a str, &'a str),
-    booking_url: &'a str,
-) -> BookingMail<'a> {
-    booking_mail(
-        organizer_address(&state.config.mail_from),
-        b,
-        resource_name,
-        site,
-        member,
-        booking_url,
-    )
+/// The booking life cycle's inputs, from the application state and a directory snapshot.
+pub fn env<'a>(state: &'a AppState, directory: &'a Directory) -> Env<'a> {
+    Env {
+        db: &state.db,
+        directory,
+        grants: &state.grants,
+        metrics: &state.metrics,
+        mail_waker: &state.mail_waker,
+        public_url: &state.config.public_url,
+        mail_from: &state.config.mail_from,
+    }
 }
 
-/// The account that owns `b`, for its mail and calendar file.
-pub async fn member_of(state: &AppState, b: &Booking) -> Result<crate::db::models::User, ApiError> {
-    let uid = b.user_id.clone();
-    Ok(state
-        .db
-        .run(move |c| crate::db::users::by_id(c, &uid)?.ok_or(crate::db::DbError::NotFound))
-        .await?)
+impl From<LifeCycleError> for ApiError {
+    fn from(e: LifeCycleError) -> Self {
+        match e {
+            LifeCycleError::Invalid(errors) => ApiError::Validation(errors),
+            LifeCycleError::Overlap => ApiError::Conflict {
+                code: "booking_conflict",
+                detail: "the resource is already booked for part of [starts_at, ends_at)".into(),
+            },
+            e @ LifeCycleError::AllowanceExceeded { .. } => ApiError::field("ends_at", e.to_string()),
+            LifeCycleError::WrongStatus(status) => ApiError::Conflict {
+                code: "booking_state_conflict",
+                detail: format!("the booking is {status}"),
+            },
+            LifeCycleError::CheckInNotOpen => ApiError::Conflict {
+                code: "check_in_not_open",
+                detail: format!(
+                    "check-in is open from {} minutes before the start until the end of the booking",
+                    CHECK_IN_EARLY.num_minutes()
+                ),
+            },
+            LifeCycleError::NotFound => ApiError::NotFound("booking not found".into()),
+            e @ (LifeCycleError::UnknownPlace(_)
+            | LifeCycleError::Inconsistent(_)
+            | LifeCycleError::Mail(_)) => ApiError::Internal(e.to_string()),
+            LifeCycleError::Db(e) => e.into(),
+        }
+    }
 }
 
 pub fn booking_url(state: &AppState, id: &str) -> String {

@@ -1,7 +1,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{booking_out, booking_url, mail_context, owner, place_of, BookingOut};
+use super::{booking_out, booking_url, owner, place_of, BookingOut};
 use crate::api::error::ApiError;
 use crate::api::extract::{Auth, Errors, Query};
 use crate::api::state::AppState;
@@ -132,12 +132,12 @@ pub async fn ics(
 ) -> Result<HttpResponse, ApiError> {
     let b = visible(&state, &auth.caller, &path).await?;
     let (site, r) = place_of(&state, &b)?;
-    let member = super::member_of(&state, &b).await?;
+    let member = crate::bookings::member_of(&state.db, &b).await?;
     let url = booking_url(&state, &b.id);
-    let cancelled = matches!(b.status.as_str(), "cancelled" | "released");
+    let cancelled = matches!(b.status, BookingStatus::Cancelled | BookingStatus::Released);
     let body = compose::booking_ics(
-        &mail_context(
-            &state,
+        &crate::bookings::mail::context(
+            &state.config.mail_from,
             &b,
             &r.resource.name,
             &site,

@@ -1,18 +1,11 @@
-use std::sync::atomic::Ordering;
-
 use actix_web::{web, HttpResponse};
 
-use super::{booking_out, booking_url, mail_context, now, owner, place_of, BookingOut};
-use crate::api::auth::queued;
+use super::{booking_out, env, now, owner, place_of, BookingOut};
 use crate::api::error::ApiError;
 use crate::api::extract::Auth;
 use crate::api::state::AppState;
-use crate::db::bookings as store;
-use crate::db::{naive, utc};
-use crate::domain::access_control::GrantState;
-use crate::domain::policy::{check_in_open, CHECK_IN_EARLY};
-use crate::domain::TimeRange;
-use crate::email::compose::{self, BookingEvent};
+use crate::bookings::{self, Withdrawal};
+use crate::db::naive;
 
 #[utoipa::path(post, path = "/api/v1/bookings/{booking_id}/cancel", tag = "bookings",
     responses((status = 200, body = BookingOut), (status = 404, body = crate::api::error::Problem),
@@ -29,36 +22,10 @@ pub async fn cancel(
             "you may not cancel this booking".into(),
         ));
     }
-    let (site, r) = place_of(&state, &b)?;
-    let member = super::member_of(&state, &b).await?;
-    let url = booking_url(&state, &b.id);
-    // Only a confirmed booking can be cancelled, once, and that raises SEQUENCE by one.
-    let mut next = b.clone();
-    next.sequence += 1;
-    let mail = compose::booking(
-        BookingEvent::Cancelled,
-        &mail_context(
-            &state,
-            &next,
-            &r.resource.name,
-            &site,
-            (&member.name, &member.email),
-            &url,
-        ),
-    );
-    let row = queued("booking_cancelled", &mail)?;
-    let (id, when) = (b.id.clone(), naive(now()));
-    let updated = state
-        .db
-        .run(move |c| store::cancel(c, &id, when, &row))
-        .await?;
-    state
-        .metrics
-        .events
-        .bookings_cancelled
-        .fetch_add(1, Ordering::Relaxed);
-    state.mail_waker.notify_one();
-    state.grants.revoke(&updated.id, GrantState::Cancelled);
+    let dir = state.directory();
+    let updated =
+        bookings::withdraw(env(&state, &dir), &b, Withdrawal::Cancel, naive(now())).await?;
+    let (site, r) = place_of(&state, &updated)?;
     Ok(HttpResponse::Ok().json(booking_out(updated, &site, &r)))
 }
 
@@ -77,23 +44,7 @@ pub async fn check_in(
             "only the member or the site's staff may check in".into(),
         ));
     }
-    let range = TimeRange::new(utc(b.starts_at), utc(b.ends_at))
-        .map_err(|e| ApiError::Internal(e.message))?;
-    let at = now();
-    if b.status == "confirmed" && !check_in_open(&range, at) {
-        return Err(ApiError::Conflict {
-            code: "check_in_not_open",
-            detail: format!(
-                "check-in is open from {} minutes before the start until the end of the booking",
-                CHECK_IN_EARLY.num_minutes()
-            ),
-        });
-    }
-    let id = b.id.clone();
-    let updated = state
-        .db
-        .run(move |c| store::check_in(c, &id, naive(at)))
-        .await?;
+    let updated = bookings::check_in(&state.db, &b, now()).await?;
     let (site, r) = place_of(&state, &updated)?;
     Ok(HttpResponse::Ok().json(booking_out(updated, &site, &r)))
 }
