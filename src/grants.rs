@@ -114,22 +114,6 @@ impl Grants {
         self.wake.notify_one();
     }
 
-    /// Replaces one site's grants with what the database holds.
-    pub fn load_site(&self, site_id: &str, rows: &[GrantRow]) {
-        let mut inner = self.write();
-        let old: Vec<String> = inner
-            .by_site
-            .get(site_id)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        for id in old {
-            inner.remove(&id);
-        }
-        for r in rows {
-            inner.insert(grant_of(r));
-        }
-    }
-
     /// Adds or replaces one booking's grant after a change made here: marks its site and
     /// announces the change to the other instances.
     pub fn upsert(&self, row: &GrantRow) {
