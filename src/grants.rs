@@ -84,10 +84,10 @@ pub fn grant_of(row: &GrantRow) -> Grant {
         resource_id: row.resource_id.clone(),
         token_sha256: row.token_sha256.clone(),
         pin_sha256: row.pin_sha256.clone(),
-        starts_ms: row.starts_at.and_utc().timestamp_millis(),
-        ends_ms: row.ends_at.and_utc().timestamp_millis(),
-        valid_from_ms: row.valid_from.and_utc().timestamp_millis(),
-        valid_until_ms: row.valid_until.and_utc().timestamp_millis(),
+        starts_ms: crate::domain::epoch::naive_ms(row.starts_at),
+        ends_ms: crate::domain::epoch::naive_ms(row.ends_at),
+        valid_from_ms: crate::domain::epoch::naive_ms(row.valid_from),
+        valid_until_ms: crate::domain::epoch::naive_ms(row.valid_until),
         state,
     }
 }

@@ -18,7 +18,7 @@ pub async fn run(db: Db, keep_days: u32, personal_days: u32, every: Duration) {
 
 /// One pass of both retention rules.
 pub async fn pass(db: &Db, keep_days: u32, personal_days: u32) {
-    let cutoff = chrono::Utc::now().timestamp_millis() - i64::from(keep_days) * 86_400_000;
+    let cutoff = crate::domain::epoch::now_ms() - i64::from(keep_days) * 86_400_000;
     match db.run(move |c| delete_raw_before(c, cutoff)).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(

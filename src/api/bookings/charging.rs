@@ -68,7 +68,7 @@ pub fn validate(req: &ChargingRequest, kind: ResourceKind) -> Vec<FieldError> {
 
 /// Whether the site is open at `ms`.
 fn open_at(site: &SiteEntry, ms: i64) -> bool {
-    let Some(t) = chrono::DateTime::from_timestamp_millis(ms) else {
+    let Some(t) = crate::domain::epoch::try_to_utc(ms) else {
         return false;
     };
     let local = t.with_timezone(&site.tz);
@@ -82,7 +82,7 @@ fn open_at(site: &SiteEntry, ms: i64) -> bool {
 }
 
 fn ms(t: chrono::NaiveDateTime) -> i64 {
-    t.and_utc().timestamp_millis()
+    crate::domain::epoch::naive_ms(t)
 }
 
 /// Plans the booking's charging beside the site's other EV bookings and stores the plan.
