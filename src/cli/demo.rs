@@ -13,8 +13,8 @@ use crate::db::models::Organization;
 use crate::db::{naive, users, Db};
 use crate::domain::access::Caller;
 use crate::domain::Role;
+use crate::sim::{self, SimOptions};
 use crate::startup::{prepare_database, Application};
-use crate::telemetry::simulate::{self, SimOptions};
 
 pub const PASSWORD: &str = "spazi-demo-2026";
 
@@ -101,7 +101,7 @@ pub fn run() -> anyhow::Result<()> {
                 ..SimOptions::new(host, port)
             };
             tokio::spawn(async move {
-                match simulate::run(options, stop).await {
+                match sim::run(options, stop).await {
                     Ok(report) => tracing::info!(%report, "simulator stopped"),
                     Err(e) => tracing::warn!(error = %e, "simulator failed"),
                 }
