@@ -327,7 +327,7 @@ async fn simulated_run(
     rate: f64,
     secs: u64,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    use spazi::telemetry::simulate::{run, SimOptions};
+    use spazi::sim::{run, SimOptions};
     let http = reqwest::Client::new();
     let pid = service.proc.0.id();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -101,10 +101,10 @@ pub fn grant_of(row: &GrantRow) -> Grant {
         resource_id: row.resource_id.clone(),
         token_sha256: row.token_sha256.clone(),
         pin_sha256: row.pin_sha256.clone(),
-        starts_ms: row.starts_at.and_utc().timestamp_millis(),
-        ends_ms: row.ends_at.and_utc().timestamp_millis(),
-        valid_from_ms: row.valid_from.and_utc().timestamp_millis(),
-        valid_until_ms: row.valid_until.and_utc().timestamp_millis(),
+        starts_ms: crate::domain::epoch::naive_ms(row.starts_at),
+        ends_ms: crate::domain::epoch::naive_ms(row.ends_at),
+        valid_from_ms: crate::domain::epoch::naive_ms(row.valid_from),
+        valid_until_ms: crate::domain::epoch::naive_ms(row.valid_until),
         state,
     }
 }
@@ -144,22 +144,6 @@ impl Grants {
         dirty.extend(sites);
         drop(dirty);
         self.wake.notify_one();
-    }
-
-    /// Replaces one site's grants with what the database holds.
-    pub fn load_site(&self, site_id: &str, rows: &[GrantRow]) {
-        let mut inner = self.write();
-        let old: Vec<String> = inner
-            .by_site
-            .get(site_id)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        for id in old {
-            inner.remove(&id);
-        }
-        for r in rows {
-            inner.insert(grant_of(r));
-        }
     }
 
     /// Adds or replaces one booking's grant after a change made here: marks its site and

@@ -11,5 +11,6 @@ pub mod fleet;
 pub mod grants;
 pub mod jobs;
 pub mod metrics;
+pub mod sim;
 pub mod startup;
 pub mod telemetry;

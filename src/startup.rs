@@ -49,8 +49,12 @@ pub fn prepare_database(url: &str) -> anyhow::Result<Db> {
         tracing::info!(applied, "migrations applied");
     }
     let added = db.run_blocking(|c| network::seed(c, &generate(DEFAULT_SEED)))?;
-    if added > 0 {
-        tracing::info!(sites = added, "network seeded");
+    if added != network::Seeded::default() {
+        tracing::info!(
+            sites = added.sites,
+            devices = added.devices,
+            "network seeded"
+        );
     }
     Ok(db)
 }

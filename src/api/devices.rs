@@ -27,13 +27,14 @@ use crate::db::network::{Directory, SiteEntry};
 use crate::db::telemetry::{self as store, NewDevice};
 use crate::db::{naive, utc, DbError};
 use crate::domain::access::Caller;
+use crate::domain::presence;
 use crate::domain::telemetry::{valid_id, Metric};
 use crate::domain::{DeviceClass, DeviceStatus, FieldError};
 use crate::fleet::DeviceState;
 use crate::telemetry::mosquitto::{generate_password, hash_password, TOPIC_ROOT};
 
 pub(super) fn instant(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+    crate::domain::epoch::to_utc(ms)
 }
 
 /// A reading's instant: whole seconds, or milliseconds when it has them.
@@ -299,8 +300,9 @@ pub struct LiveView {
     pub alarms: Vec<AlarmOut>,
 }
 
-/// Occupancy from the presence sensors' latest `occupied` (and `count`) values.
-fn occupancy(devices: &[DeviceState]) -> Occupancy {
+/// Occupancy from the presence sensors' latest `occupied` (and `count`) values, those that
+/// still hold at `now_ms` ([`presence::occupied_now`]).
+fn occupancy(devices: &[DeviceState], now_ms: i64) -> Occupancy {
     #[derive(Default)]
     struct Zone {
         occupied: u32,
@@ -319,19 +321,17 @@ fn occupancy(devices: &[DeviceState]) -> Occupancy {
             .zone_id
             .as_ref()
             .map(|z| zones.entry(z.clone()).or_default());
-        let known = d
-            .value(Metric::Occupied)
-            .filter(|_| d.status != DeviceStatus::Offline);
-        let (Some(reading), Some(zone)) = (known, zone) else {
-            if let (Some(reading), Some(r)) = (known, d.resource_id.as_deref()) {
+        let latest = d.value(Metric::Occupied).map(|l| (l.value, l.ts));
+        let known = presence::occupied_now(d.status, d.report_interval_s, latest, now_ms);
+        let (Some(is_occupied), Some(zone)) = (known, zone) else {
+            if let (Some(is_occupied), Some(r)) = (known, d.resource_id.as_deref()) {
                 sensed.insert(r);
-                if reading.value >= 1.0 {
+                if is_occupied {
                     occupied.insert(r);
                 }
             }
             continue;
         };
-        let is_occupied = reading.value >= 1.0;
         zone.sensors += 1;
         if let Some(count) = d.value(Metric::Count) {
             zone.counted = true;
@@ -384,7 +384,7 @@ pub async fn live(
         at: utc_text(now),
         at_local: local_text(now, site.tz),
         timezone: site.tz.name().to_string(),
-        occupancy: occupancy(&devices),
+        occupancy: occupancy(&devices, crate::domain::epoch::ms(now)),
         devices: devices
             .iter()
             .map(|d| LiveDevice {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{NaiveDate, SecondsFormat};
 use chrono_tz::Tz;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -17,7 +17,6 @@ use super::factors::{cited, load_factors, FactorOut};
 use super::sites::site_or_404;
 use super::state::AppState;
 use crate::db::energy as store;
-use crate::db::naive;
 use crate::db::network::SiteEntry;
 use crate::domain::access::Caller;
 use crate::domain::energy::{
@@ -116,8 +115,8 @@ pub fn scope_of(state: &AppState, caller: &Caller, raw: Option<&str>) -> Result<
 fn bound(q: &Query, name: &str, tz: Tz) -> Option<Result<i64, FieldError>> {
     let raw = q.str(name)?;
     let ms = match NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-        Ok(date) => Ok(local_day_start(date, tz).timestamp_millis()),
-        Err(_) => q.instant(name)?.map(|t| t.timestamp_millis()),
+        Ok(date) => Ok(crate::domain::epoch::ms(local_day_start(date, tz))),
+        Err(_) => q.instant(name)?.map(crate::domain::epoch::ms),
     };
     Some(ms.and_then(|ms| {
         if quarter_start(ms, tz) == ms {
@@ -157,8 +156,7 @@ pub fn range(q: &Query, tz: Tz, max_days: i64, errors: &mut Errors) -> Option<(i
 }
 
 pub fn local_text(ms: i64, tz: Tz) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
+    crate::domain::epoch::to_utc(ms)
         .with_timezone(&tz)
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -542,8 +540,8 @@ pub async fn kpis(
         .into_iter()
         .map(|(_, s, e)| {
             (
-                s.and_utc().timestamp_millis(),
-                e.and_utc().timestamp_millis(),
+                crate::domain::epoch::naive_ms(s),
+                crate::domain::epoch::naive_ms(e),
             )
         })
         .collect();
@@ -576,5 +574,5 @@ pub async fn kpis(
 }
 
 pub fn ms_naive(ms: i64) -> chrono::NaiveDateTime {
-    naive(DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default())
+    crate::domain::epoch::to_naive(ms)
 }

@@ -16,22 +16,19 @@ use super::views::{local_text, utc_text};
 use crate::db::bookings::{self, BookingFilter};
 use crate::db::{access, naive, DbError};
 use crate::domain::opening_hours::local_day_start;
+use crate::domain::presence;
 use crate::domain::telemetry::Metric;
-use crate::domain::{BookingStatus, DeviceClass, DeviceStatus};
+use crate::domain::{BookingStatus, DeviceClass};
 use crate::fleet::DeviceState;
 
-/// Whether a presence sensor's latest reading still says something: it is online and has spoken
-/// within three report intervals.
+/// What a presence sensor says now ([`presence::occupied_now`]): occupied or not, when, and the
+/// people it counts.
 fn sensed(d: &DeviceState, now_ms: i64) -> Option<(bool, i64, Option<u32>)> {
-    if d.status == DeviceStatus::Offline {
-        return None;
-    }
     let l = d.value(Metric::Occupied)?;
-    if now_ms - l.ts > i64::from(d.report_interval_s) * 3_000 {
-        return None;
-    }
+    let occupied =
+        presence::occupied_now(d.status, d.report_interval_s, Some((l.value, l.ts)), now_ms)?;
     let people = d.value(Metric::Count).map(|c| c.value.max(0.0) as u32);
-    Some((l.value > 0.5, l.ts, people))
+    Some((occupied, l.ts, people))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -100,7 +97,7 @@ pub async fn occupancy(
 ) -> Result<HttpResponse, ApiError> {
     let site = managed_site(&state, &auth.caller, &path)?;
     let now = Utc::now();
-    let now_ms = now.timestamp_millis();
+    let now_ms = crate::domain::epoch::ms(now);
     let tz = site.tz;
     let midnight = local_day_start(now.with_timezone(&tz).date_naive(), tz);
     let (id, at) = (site.site.id.clone(), naive(now));

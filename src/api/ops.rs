@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use diesel::RunQueryDsl;
 
 use super::state::AppState;
-use crate::db::{outbox, DbError};
+use crate::db::{self, outbox};
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
 pub async fn healthz() -> HttpResponse {
@@ -15,13 +14,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 async fn database_ready(state: &AppState) -> Result<(), String> {
-    let ping = state.db.run(|c| {
-        diesel::sql_query("SELECT 1")
-            .execute(c)
-            .map_err(DbError::from)?;
-        Ok::<_, DbError>(())
-    });
-    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+    match tokio::time::timeout(Duration::from_secs(2), db::ping(&state.db)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer within 2 s".into()),

@@ -83,8 +83,8 @@ fn local_day(ts: i64, tz: Tz) -> (i64, i64) {
     let date = instant(ts).with_timezone(&tz).date_naive();
     let next = date.checked_add_days(Days::new(1)).unwrap_or(date);
     (
-        local_day_start(date, tz).timestamp_millis(),
-        local_day_start(next, tz).timestamp_millis(),
+        crate::domain::epoch::ms(local_day_start(date, tz)),
+        crate::domain::epoch::ms(local_day_start(next, tz)),
     )
 }
 
@@ -288,7 +288,7 @@ pub async fn readings(
     let (Some(metric), Some(interval), Some(from), Some(to)) = (metric, interval, from, to) else {
         return Err(ApiError::Internal("validated parameters missing".into()));
     };
-    let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
+    let (from_ms, to_ms) = (crate::domain::epoch::ms(from), crate::domain::epoch::ms(to));
     let (num, code, tz) = (d.num, metric.code(), d.tz);
     let mut truncated = None;
     let items: Vec<ReadingItem> = match interval {

@@ -73,7 +73,7 @@ fn quarters_of(start: i64, end: i64, tz: chrono_tz::Tz) -> impl Iterator<Item = 
 }
 
 fn ms(t: chrono::NaiveDateTime) -> i64 {
-    t.and_utc().timestamp_millis()
+    crate::domain::epoch::naive_ms(t)
 }
 
 /// Until when a booking held its resource: its end, or its release for a no-show.
@@ -308,8 +308,8 @@ pub async fn statement(
         return Err(ApiError::NotFound(format!("no organization {org:?}")));
     }
     // Every zone in use is within a day of UTC: widen by a day, then keep the local month.
-    let from = local_day_start(first, chrono_tz::UTC).timestamp_millis() - 86_400_000;
-    let to = local_day_start(next, chrono_tz::UTC).timestamp_millis() + 86_400_000;
+    let from = crate::domain::epoch::ms(local_day_start(first, chrono_tz::UTC)) - 86_400_000;
+    let to = crate::domain::epoch::ms(local_day_start(next, chrono_tz::UTC)) + 86_400_000;
     let o = org.clone();
     let bookings = state
         .db

@@ -122,7 +122,11 @@ fn local_days(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> Vec<(String, i6
         let end = local_day_start(next, tz);
         let (a, b) = (start.max(from), end.min(to));
         if a < b {
-            out.push((day.to_string(), a.timestamp_millis(), b.timestamp_millis()));
+            out.push((
+                day.to_string(),
+                crate::domain::epoch::ms(a),
+                crate::domain::epoch::ms(b),
+            ));
         }
         day = next;
     }
@@ -185,7 +189,7 @@ async fn compute(
     by: By,
 ) -> Result<Utilisation, ApiError> {
     let tz = site.tz;
-    let (f_ms, t_ms) = (from.timestamp_millis(), to.timestamp_millis());
+    let (f_ms, t_ms) = (crate::domain::epoch::ms(from), crate::domain::epoch::ms(to));
     let sensors: HashMap<i32, (String, i64)> = state
         .fleet
         .site(&site.site.id)
@@ -217,11 +221,14 @@ async fn compute(
     let mut booked: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
     let mut starts: HashMap<&str, Vec<(i64, bool)>> = HashMap::new();
     for (resource, status, s, e, released_at) in &held {
-        let (s, mut e) = (utc(*s).timestamp_millis(), utc(*e).timestamp_millis());
+        let (s, mut e) = (
+            crate::domain::epoch::ms(utc(*s)),
+            crate::domain::epoch::ms(utc(*e)),
+        );
         let released = status == BookingStatus::Released.as_str();
         if released {
             if let Some(r) = released_at {
-                e = e.min(utc(*r).timestamp_millis());
+                e = e.min(crate::domain::epoch::ms(utc(*r)));
             }
         }
         booked.entry(resource).or_default().push((s, e));

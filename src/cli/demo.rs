@@ -13,8 +13,8 @@ use crate::db::models::Organization;
 use crate::db::{naive, users, Db};
 use crate::domain::access::Caller;
 use crate::domain::Role;
+use crate::sim::{self, SimOptions};
 use crate::startup::{prepare_database, Application};
-use crate::telemetry::simulate::{self, SimOptions};
 
 pub const PASSWORD: &str = "spazi-demo-2026";
 
@@ -101,7 +101,7 @@ pub fn run() -> anyhow::Result<()> {
                 ..SimOptions::new(host, port)
             };
             tokio::spawn(async move {
-                match simulate::run(options, stop).await {
+                match sim::run(options, stop).await {
                     Ok(report) => tracing::info!(%report, "simulator stopped"),
                     Err(e) => tracing::warn!(error = %e, "simulator failed"),
                 }
@@ -116,6 +116,10 @@ pub fn run() -> anyhow::Result<()> {
         println!("  MQTT broker    {broker}  (simulated devices of all 250 sites publishing)");
         println!("  live site      {base}/api/v1/sites/bologna/live  (as elena.manager or admin)");
         println!("  mail           {}", config.mail_url);
+        println!("  database       {}", without_credentials(&config.database_url));
+        println!("\nRunning: the API, the embedded MQTT broker, the ingest consumer, door decisions, climate");
+        println!("and charging commands, the mailer, the roll-ups, device health and alarms, and the");
+        println!("simulator of all 250 sites' devices, whose presence follows the demo bookings.");
         println!("\nDemo accounts (password: {PASSWORD}):");
         for line in &accounts {
             println!("  {line}");
@@ -124,6 +128,20 @@ pub fn run() -> anyhow::Result<()> {
         app.run_until_stopped().await?;
         Ok(())
     })
+}
+
+/// A database URL without the user and password it may carry, for the screen.
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// Creates the demo company and accounts unless they exist; describes the accounts, and says
@@ -257,4 +275,26 @@ async fn book_demo_week(state: &AppState) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn the_screen_never_shows_the_database_password() {
+        assert_eq!(
+            without_credentials("postgres://spazi:s3cret@db.example:5432/spazi"),
+            "postgres://db.example:5432/spazi"
+        );
+        assert_eq!(
+            without_credentials("postgres://localhost/spazi"),
+            "postgres://localhost/spazi"
+        );
+        assert_eq!(
+            without_credentials("sqlite://spazi.db"),
+            "sqlite://spazi.db"
+        );
+        assert_eq!(without_credentials("spazi.db"), "spazi.db");
+    }
 }

@@ -60,7 +60,10 @@ pub fn seed(seed: u64) -> anyhow::Result<()> {
     let db = open_db()?;
     migrations::run(&db)?;
     let added = db.run_blocking(|c| network::seed(c, &crate::domain::network::generate(seed)))?;
-    println!("{added} site(s) added");
+    println!(
+        "{} site(s) and {} device(s) added",
+        added.sites, added.devices
+    );
     Ok(())
 }
 

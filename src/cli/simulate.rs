@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::domain::network::DEFAULT_SEED;
-use crate::telemetry::simulate::{self, SimOptions};
+use crate::sim::{self, SimOptions};
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -137,7 +137,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 }
             }
         });
-        let report = simulate::run(options, stop_rx).await?;
+        let report = sim::run(options, stop_rx).await?;
         println!("{report}");
         Ok(())
     })

@@ -288,7 +288,7 @@ pub fn anonymise_before(
         access_credentials::table.filter(access_credentials::valid_until.lt(cutoff)),
     )
     .execute(conn)?;
-    let cutoff_ms = cutoff.and_utc().timestamp_millis();
+    let cutoff_ms = crate::domain::epoch::naive_ms(cutoff);
     let badge_events = diesel::update(
         device_events::table
             .filter(device_events::kind.eq("badge"))

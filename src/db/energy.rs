@@ -402,7 +402,7 @@ impl FactorRow {
             version: self.version,
             value: self.value,
             source: self.source.clone(),
-            valid_from_ms: self.valid_from.and_utc().timestamp_millis(),
+            valid_from_ms: crate::domain::epoch::naive_ms(self.valid_from),
         }
     }
 }

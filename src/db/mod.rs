@@ -41,21 +41,6 @@ pub enum DbConnection {
     Sqlite(diesel::SqliteConnection),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl DbConnection {
-    pub fn backend(&self) -> Backend {
-        match self {
-            DbConnection::Postgresql(_) => Backend::Postgres,
-            DbConnection::Sqlite(_) => Backend::Sqlite,
-        }
-    }
-}
-
 /// Errors from the storage layer. Constraint outcomes that callers act on are their own variants.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -109,6 +94,18 @@ impl From<r2d2::Error> for DbError {
 }
 
 pub type DbResult<T> = Result<T, DbError>;
+
+/// Whether the database answers a trivial query, on one of the database threads (so a ping also
+/// proves the queue to them is moving).
+pub async fn ping(db: &Db) -> DbResult<()> {
+    db.run(|c| {
+        diesel::sql_query("SELECT 1")
+            .execute(c)
+            .map_err(DbError::from)?;
+        Ok::<_, DbError>(())
+    })
+    .await
+}
 
 /// A transaction that holds the write lock from its first statement.
 ///

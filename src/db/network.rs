@@ -15,21 +15,28 @@ use crate::domain::network::SiteSpec;
 use crate::domain::opening_hours::{WeeklyHours, WeeklyHoursJson};
 use crate::domain::ResourceKind;
 
-/// Inserts every site of `network`, and every device of those sites, not stored yet; returns
-/// how many rows were added.
-pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<usize> {
+/// What [`seed`] added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seeded {
+    pub sites: usize,
+    pub devices: usize,
+}
+
+/// Inserts every site of `network`, and every device of those sites, not stored yet; says how
+/// many of each were added.
+pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<Seeded> {
     let existing: Vec<String> = sites::table.select(sites::id).load(conn)?;
-    let mut added = 0;
+    let mut added = Seeded::default();
     for spec in network.iter().filter(|s| !existing.contains(&s.id)) {
         write_transaction(conn, |conn| insert_site(conn, spec))?;
-        added += 1;
+        added.sites += 1;
     }
     let devices: Vec<_> = network
         .iter()
         .flat_map(crate::domain::devices::site_devices)
         .collect();
-    added += super::telemetry::seed_devices(conn, &devices)?;
-    if added > 0 {
+    added.devices = super::telemetry::seed_devices(conn, &devices)?;
+    if added != Seeded::default() {
         // Fresh statistics, so the planner uses the right indexes from the first request.
         if let DbConnection::Postgresql(c) = conn {
             diesel::sql_query("ANALYZE").execute(c)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::RunQueryDsl;
 
-use super::{Backend, DbConnection, DbError, DbResult};
+use super::{DbConnection, DbError, DbResult};
 
 #[derive(Debug, Clone)]
 pub struct DbConfig {
@@ -58,17 +58,11 @@ pub struct Db {
 struct Inner {
     pool: Pool<ConnectionManager<DbConnection>>,
     jobs: flume::Sender<Job>,
-    backend: Backend,
 }
 
 impl Db {
     pub fn connect(config: &DbConfig) -> DbResult<Db> {
         let url = normalise_url(&config.url)?;
-        let backend = if url.starts_with("postgres") {
-            Backend::Postgres
-        } else {
-            Backend::Sqlite
-        };
         let manager = ConnectionManager::<DbConnection>::new(url);
         let pool = Pool::builder()
             .max_size(config.connections)
@@ -87,16 +81,8 @@ impl Db {
                 .map_err(|e| DbError::Unavailable(e.to_string()))?;
         }
         Ok(Db {
-            inner: Arc::new(Inner {
-                pool,
-                jobs: tx,
-                backend,
-            }),
+            inner: Arc::new(Inner { pool, jobs: tx }),
         })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.inner.backend
     }
 
     /// Runs `f` with a pooled connection on a database thread and awaits its result.

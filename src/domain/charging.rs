@@ -14,7 +14,6 @@
 //! goes first to `solar_only` sessions (they have no other source), then to `solar_first` ones,
 //! shared evenly within each group. Grid headroom left over stays unused.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::kinds::ChargeMode;
@@ -456,7 +455,7 @@ pub fn expected_building_w(area_m2: f64, open: bool) -> f64 {
 /// Planning figure for the PV production of a south-facing plant of `kwp` at an instant: its
 /// clear-sky power times [`PV_PLANNING_DERATE`], W.
 pub fn expected_pv_w(kwp: f64, latitude: f64, longitude: f64, at_ms: i64) -> f64 {
-    match DateTime::<Utc>::from_timestamp_millis(at_ms) {
+    match super::epoch::try_to_utc(at_ms) {
         Some(at) => {
             PvPlant::south_facing(kwp).power_at(latitude, longitude, at, 1.0) * PV_PLANNING_DERATE
         }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{Datelike, Timelike};
 use chrono_tz::Tz;
 
 use super::kinds::EnergyQuality;
@@ -235,7 +235,7 @@ pub fn intervals(from: i64, to: i64, interval: Interval, tz: Tz) -> Vec<(i64, i6
     let mut out: Vec<(i64, i64)> = Vec::new();
     let mut q = from;
     while q < to {
-        let local = DateTime::<Utc>::from_timestamp_millis(q)
+        let local = super::epoch::try_to_utc(q)
             .map(|t| t.with_timezone(&tz).naive_local())
             .unwrap_or_default();
         match out.last_mut() {
@@ -400,7 +400,7 @@ pub fn expected_yield_wh_per_kwp(latitude: f64, longitude: f64, from: i64, to: i
     while t < to {
         let end = (t + STEP).min(to);
         let mid = t + (end - t) / 2;
-        if let Some(at) = DateTime::<Utc>::from_timestamp_millis(mid) {
+        if let Some(at) = super::epoch::try_to_utc(mid) {
             let w = plant.power_at(latitude, longitude, at, 1.0);
             wh += w * (end - t) as f64 / 3_600_000.0;
         }

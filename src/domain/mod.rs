@@ -3,8 +3,10 @@
 pub mod access;
 pub mod access_control;
 pub mod charging;
+pub mod command;
 pub mod devices;
 pub mod energy;
+pub mod epoch;
 pub mod geo;
 pub mod holidays;
 pub mod kinds;
@@ -12,6 +14,7 @@ pub mod network;
 pub mod opening_hours;
 pub mod password;
 pub mod policy;
+pub mod presence;
 pub mod quarters;
 pub mod solar;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! Quarter-hours on a site's wall clock, and the 15-minute roll-up of a device's readings:
 //! min, max, mean, last, count, and for cumulative counters the delta, epoch-aware.
 
-use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono::{Offset, TimeZone};
 use chrono_tz::Tz;
 
 use super::telemetry::Metric;
@@ -12,7 +12,7 @@ pub const QUARTER_MS: i64 = 15 * 60 * 1000;
 /// the wall clock, so a zone with a :30 or :45 offset gets its own boundaries, and a DST day has
 /// 92 or 100 of them.
 pub fn quarter_start(ts_ms: i64, tz: Tz) -> i64 {
-    let Some(utc) = DateTime::<Utc>::from_timestamp_millis(ts_ms) else {
+    let Some(utc) = super::epoch::try_to_utc(ts_ms) else {
         return ts_ms - ts_ms.rem_euclid(QUARTER_MS);
     };
     let offset_ms = i64::from(
@@ -157,20 +157,20 @@ mod tests {
     fn quarters_follow_the_local_clock() {
         let rome: Tz = "Europe/Rome".parse().unwrap();
         let kathmandu: Tz = "Asia/Kathmandu".parse().unwrap();
-        let t = DateTime::parse_from_rfc3339("2026-12-01T09:07:30+01:00")
-            .unwrap()
-            .timestamp_millis();
-        let q = DateTime::parse_from_rfc3339("2026-12-01T09:00:00+01:00")
-            .unwrap()
-            .timestamp_millis();
+        let t = super::super::epoch::ms(
+            chrono::DateTime::parse_from_rfc3339("2026-12-01T09:07:30+01:00").unwrap(),
+        );
+        let q = super::super::epoch::ms(
+            chrono::DateTime::parse_from_rfc3339("2026-12-01T09:00:00+01:00").unwrap(),
+        );
         assert_eq!(quarter_start(t, rome), q);
         // +05:45: local 13:52:30 belongs to the quarter starting 13:45 local.
-        let k = DateTime::parse_from_rfc3339("2026-12-01T13:52:30+05:45")
-            .unwrap()
-            .timestamp_millis();
-        let kq = DateTime::parse_from_rfc3339("2026-12-01T13:45:00+05:45")
-            .unwrap()
-            .timestamp_millis();
+        let k = super::super::epoch::ms(
+            chrono::DateTime::parse_from_rfc3339("2026-12-01T13:52:30+05:45").unwrap(),
+        );
+        let kq = super::super::epoch::ms(
+            chrono::DateTime::parse_from_rfc3339("2026-12-01T13:45:00+05:45").unwrap(),
+        );
         assert_eq!(quarter_start(k, kathmandu), kq);
         let d = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
         assert_eq!(quarters_in_local_day(d(2026, 10, 25), rome), 100);

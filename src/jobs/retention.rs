@@ -18,7 +18,7 @@ pub async fn pass(db: &Db, keep_days: u32, personal_days: u32) {
 
 /// One pass of every retention rule; each rule is tried, the first error is returned.
 pub async fn try_pass(db: &Db, keep_days: u32, personal_days: u32) -> Result<(), DbError> {
-    let cutoff = chrono::Utc::now().timestamp_millis() - i64::from(keep_days) * 86_400_000;
+    let cutoff = crate::domain::epoch::now_ms() - i64::from(keep_days) * 86_400_000;
     let raw = db.run(move |c| delete_raw_before(c, cutoff)).await;
     if let Ok(n @ 1..) = raw {
         tracing::info!(

@@ -32,7 +32,7 @@ pub async fn run(db: Db, fleet: Arc<Fleet>, every: Duration) {
 
 /// Marks every quarter of the last [`CATCH_UP_MS`] for recomputing, as a start does.
 pub fn catch_up(fleet: &Fleet) {
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::domain::epoch::now_ms();
     let current = now - now.rem_euclid(QUARTER_MS);
     let mut q = current - CATCH_UP_MS;
     while q <= current {
@@ -44,7 +44,7 @@ pub fn catch_up(fleet: &Fleet) {
 /// Recomputes every marked quarter, oldest first; returns how many roll-up rows were written.
 pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
     let mut dirty: BTreeMap<i64, Option<HashSet<i32>>> = fleet.take_dirty();
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::domain::epoch::now_ms();
     let current = now - now.rem_euclid(QUARTER_MS);
     let mut written = 0;
     let mut ledger: HashMap<String, (i64, i64)> = HashMap::new();

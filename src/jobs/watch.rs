@@ -126,7 +126,7 @@ impl Watch {
 
     /// One round: silent devices (when `sweep`), changed devices, doors held open.
     pub async fn tick(&mut self, sweep: bool) {
-        let now = Utc::now().timestamp_millis();
+        let now = crate::domain::epoch::now_ms();
         if sweep {
             self.fleet.sweep_silent(now);
         }
@@ -355,11 +355,11 @@ impl Watch {
                 status: d.status.as_str().to_owned(),
                 last_seen_at: d
                     .last_seen_ms
-                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .and_then(crate::domain::epoch::try_to_utc)
                     .map(|t| t.naive_utc()),
                 status_changed_at: d
                     .status_changed_ms
-                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .and_then(crate::domain::epoch::try_to_utc)
                     .map(|t| t.naive_utc()),
             })
             .collect();

@@ -18,6 +18,7 @@ use crate::db::models::Booking;
 use crate::db::network::{Directory, SiteEntry};
 use crate::db::Db;
 use crate::domain::charging::{allocate_every, expected_building_w, Charger, Demand, SiteNow};
+use crate::domain::command::Command;
 use crate::domain::telemetry::Metric;
 use crate::domain::{ChargeMode, DeviceClass, DeviceStatus};
 use crate::fleet::{DeviceState, Fleet};
@@ -173,14 +174,12 @@ impl SmartCharging {
                     .position(|p| p.num == charger.num)
                     .and_then(|i| limits.get(i).copied())
                     .unwrap_or(0.0);
-                let body = json!({
-                    "v": 1, "ts": now_ms, "nonce": uuid::Uuid::now_v7().simple().to_string(),
-                    "exp": now_ms + step + 30_000, "m": {"limit_a": limit},
-                });
-                let topic = format!("spazi/v1/{site_id}/{}/cmd/charge_limit", charger.id);
+                let m = json!({"limit_a": limit});
+                let ttl_ms = step + 30_000;
+                let cmd = Command::new(&site_id, &charger.id, "charge_limit", now_ms, ttl_ms, m);
                 match self
                     .client
-                    .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+                    .publish(cmd.topic.as_str(), QoS::AtLeastOnce, false, cmd.payload())
                     .await
                 {
                     Ok(()) => {

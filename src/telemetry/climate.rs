@@ -16,6 +16,8 @@ use crate::db::access::{self, ClimateRow};
 use crate::db::network::Directory;
 use crate::db::{bookings, Db};
 use crate::domain::access_control::{setpoint, zone_mode, PRECONDITION_LEAD};
+use crate::domain::command::Command;
+use crate::domain::presence;
 use crate::domain::telemetry::Metric;
 use crate::domain::{ClimateMode, DeviceClass, DeviceStatus};
 use crate::fleet::Fleet;
@@ -93,10 +95,9 @@ impl Climate {
             };
             match d.class {
                 DeviceClass::PresenceSensor if d.status != DeviceStatus::Offline => {
-                    let fresh = i64::from(d.report_interval_s) * 3_000;
-                    if d.value(Metric::Occupied)
-                        .is_some_and(|l| l.value > 0.5 && now_ms - l.ts <= fresh)
-                    {
+                    let latest = d.value(Metric::Occupied).map(|l| (l.value, l.ts));
+                    let interval = d.report_interval_s;
+                    if presence::occupied_now(d.status, interval, latest, now_ms) == Some(true) {
                         present.insert(zone, true);
                     }
                 }
@@ -127,16 +128,14 @@ impl Climate {
                     continue;
                 };
                 let (t_c, lights) = setpoint(mode, self.comfort_c, self.eco_c);
-                let nonce = uuid::Uuid::now_v7().simple().to_string();
                 let exp = now + COMMAND_TTL;
-                let body = json!({
-                    "v": 1, "ts": now_ms, "nonce": nonce, "exp": exp.timestamp_millis(),
-                    "m": {"mode": mode.as_str(), "t_c": t_c, "lights": if lights { "on" } else { "off" }},
-                });
-                let topic = format!("spazi/v1/{}/{device}/cmd/setpoint", site.site.id);
+                let m = json!({"mode": mode.as_str(), "t_c": t_c, "lights": if lights { "on" } else { "off" }});
+                let ttl_ms = COMMAND_TTL.num_milliseconds();
+                let cmd = Command::new(&site.site.id, device, "setpoint", now_ms, ttl_ms, m);
+                let nonce = cmd.nonce.clone();
                 if let Err(e) = self
                     .client
-                    .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+                    .publish(cmd.topic.as_str(), QoS::AtLeastOnce, false, cmd.payload())
                     .await
                 {
                     tracing::warn!(zone, error = %e, "setpoint not sent");

@@ -13,6 +13,8 @@ use crate::bookings::{building_check_in_due, check_in_by_building};
 use crate::db::access::{self, AccessLogRow};
 use crate::db::{Db, DbError};
 use crate::domain::access_control::{credential_hash, decide, Door, ReplayGuard};
+use crate::domain::command::Command;
+use crate::domain::epoch::now_ms;
 use crate::domain::policy::CHECK_IN_EARLY;
 use crate::domain::telemetry::read_badge;
 use crate::domain::{DenyReason, DeviceClass};
@@ -149,16 +151,6 @@ pub struct Doors {
     unlock_secs: i64,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn instant(ms: i64) -> chrono::NaiveDateTime {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .naive_utc()
-}
-
 impl Doors {
     /// Starts the task that logs decisions and checks bookings in, under `supervisor`.
     #[allow(clippy::too_many_arguments)]
@@ -251,8 +243,7 @@ impl Doors {
                 )
             })
         });
-        let nonce = uuid::Uuid::now_v7().simple().to_string();
-        let exp = now + self.unlock_ttl_ms;
+        let mut nonce = None;
         if let Some(seq) = scan.seq {
             let (name, m) = match &decision {
                 Ok(_) => (
@@ -261,11 +252,12 @@ impl Doors {
                 ),
                 Err(reason) => ("deny", json!({"badge_seq": seq, "reason": reason.as_str()})),
             };
-            let body = json!({"v": 1, "ts": now, "nonce": nonce, "exp": exp, "m": m});
-            let topic = format!("spazi/v1/{site}/{device}/cmd/{name}");
+            let cmd = Command::new(site, device, name, now, self.unlock_ttl_ms, m);
+            nonce = Some(cmd.nonce.clone());
+            let payload = cmd.payload();
             if !self
                 .answers
-                .send(client, topic, body.to_string(), self.unlock_ttl_ms)
+                .send(client, cmd.topic, payload, self.unlock_ttl_ms)
             {
                 tracing::warn!(
                     door = device,
@@ -289,8 +281,8 @@ impl Doors {
             site_id: site.to_owned(),
             door_id: device.to_owned(),
             zone_id: door.zone_id.clone(),
-            at: instant(now),
-            badge_ts: scan.ts.map(instant),
+            at: crate::domain::epoch::to_naive(now),
+            badge_ts: scan.ts.map(crate::domain::epoch::to_naive),
             badge_seq: scan.seq,
             credential_sha256: hash,
             booking_id: booking_id.clone(),
@@ -305,7 +297,7 @@ impl Doors {
                 .as_ref()
                 .err()
                 .map(|r: &DenyReason| r.as_str().to_owned()),
-            nonce: scan.seq.map(|_| nonce),
+            nonce,
             latency_us,
             anonymised: false,
         };

@@ -11,6 +11,8 @@ use serde_json::json;
 
 use crate::db::{access, Db};
 use crate::domain::access_control::{GrantEntry, GrantList};
+use crate::domain::command::{self, Command};
+use crate::domain::epoch::now_ms;
 use crate::domain::DeviceClass;
 use crate::fleet::Fleet;
 use crate::grants::Grants;
@@ -22,11 +24,7 @@ pub const GRANTS_NOTICE_TOPIC: &str = "spazi/v1/_server/grants";
 
 /// The retained grant list of a site, on its gateway's command topic.
 pub fn grants_topic(site: &str, gateway: &str) -> String {
-    format!("spazi/v1/{site}/{gateway}/cmd/grants")
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    command::topic(site, gateway, "grants")
 }
 
 /// How often every site's grants are reloaded from the database (catching bookings changed by
@@ -120,20 +118,10 @@ pub async fn publish_grants(
             }) {
                 continue;
             }
-            let body = json!({
-                "v": 1,
-                "ts": now,
-                "nonce": uuid::Uuid::now_v7().simple().to_string(),
-                "exp": built.valid_until,
-                "m": &built,
-            });
+            let ttl_ms = built.valid_until - now;
+            let cmd = Command::new(&site, &gateway, "grants", now, ttl_ms, json!(&built));
             match client
-                .publish(
-                    grants_topic(&site, &gateway),
-                    QoS::AtLeastOnce,
-                    true,
-                    body.to_string(),
-                )
+                .publish(cmd.topic.as_str(), QoS::AtLeastOnce, true, cmd.payload())
                 .await
             {
                 Ok(()) => {

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::db::telemetry::{insert_batch, learn_device, EventRow, NewDevice, ReadingRow, Stored};
 use crate::db::{Db, DbError};
+use crate::domain::epoch::now_ms;
 use crate::domain::telemetry::EvtKind;
 use crate::domain::telemetry::{
     decode, parse_topic, Decoded, Meta, Metric, Refusal, Reject, TopicKind,
@@ -242,10 +243,6 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
         }
     });
     client
-}
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Allows `burst` events per `window`, and counts the rest.
@@ -549,7 +546,7 @@ impl Writer {
         };
         match self.p.db.run(move |c| learn_device(c, &new)).await {
             Ok(row) => {
-                tracing::info!(device, site, "device described itself");
+                tracing::debug!(device, site, "device described itself");
                 self.p.fleet.upsert(&row, tz);
             }
             Err(e) => self.reject(

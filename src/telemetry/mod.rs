@@ -7,4 +7,3 @@ pub mod doors;
 pub mod grant_lists;
 pub mod ingest;
 pub mod mosquitto;
-pub mod simulate;

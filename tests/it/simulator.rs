@@ -17,7 +17,7 @@ use spazi::domain::network::{generate, DEFAULT_SEED};
 use spazi::domain::solar::sun_position;
 use spazi::domain::telemetry::{decode, parse_topic, Decoded, Metric, TopicKind};
 use spazi::domain::Role;
-use spazi::telemetry::simulate::{self, SimOptions};
+use spazi::sim::{self as simulate, SimOptions};
 use tokio::sync::mpsc;
 
 use crate::helpers::spawn;

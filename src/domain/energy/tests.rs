@@ -84,7 +84,7 @@ fn local_days_have_92_96_or_100_quarters() {
         (NaiveDate::from_ymd_opt(2026, 6, 1).unwrap(), 96),
         (NaiveDate::from_ymd_opt(2026, 10, 25).unwrap(), 100),
     ] {
-        let from = local_day_start(date, Rome).timestamp_millis();
+        let from = crate::domain::epoch::ms(local_day_start(date, Rome));
         let to = local_day_start(date.succ_opt().unwrap(), Rome).timestamp_millis();
         assert_eq!(intervals(from, to, Interval::Quarter, Rome).len(), n);
         assert_eq!(intervals(from, to, Interval::Hour, Rome).len(), n / 4);
@@ -97,14 +97,14 @@ fn months_follow_the_local_calendar() {
     let from = local_day_start(NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(), Rome);
     let to = local_day_start(NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(), Rome);
     let months = intervals(
-        from.timestamp_millis(),
-        to.timestamp_millis(),
+        crate::domain::epoch::ms(from),
+        crate::domain::epoch::ms(to),
         Interval::Month,
         Rome,
     );
     assert_eq!(months.len(), 12);
     let april = local_day_start(NaiveDate::from_ymd_opt(2026, 4, 1).unwrap(), Rome);
-    assert_eq!(months[3].0, april.timestamp_millis());
+    assert_eq!(months[3].0, crate::domain::epoch::ms(april));
     assert!("2h".parse::<Interval>().is_err());
 }
 
@@ -174,8 +174,8 @@ fn expected_yield_is_larger_in_the_south_and_in_summer() {
     let day = |m, d| {
         let from = local_day_start(NaiveDate::from_ymd_opt(2026, m, d).unwrap(), Rome);
         (
-            from.timestamp_millis(),
-            from.timestamp_millis() + 86_400_000,
+            crate::domain::epoch::ms(from),
+            crate::domain::epoch::ms(from) + 86_400_000,
         )
     };
     let (f, t) = day(6, 21);

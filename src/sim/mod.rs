@@ -5,10 +5,13 @@
 //! (`sim-{site}`, clean session, TCP_NODELAY, the gateway's offline status as its Last Will). At
 //! each connection it publishes every device's retained `meta` and `status`; then its devices
 //! report at their class intervals, divided by the rate, each with a jittered period so a site's
-//! messages spread evenly. What they report comes from [`site`] and [`model`]: PV from the sun
-//! over the site (`domain::solar`) with passing clouds, the building's load by size, hour and
-//! opening hours, EV charging sessions, presence from the real bookings (or from the opening
-//! hours), CO2, temperature and humidity following the people in each zone, door events.
+//! messages spread evenly. Each site is a [`site::SiteSim`]; what its devices report comes from
+//! their family's file, on the physics of [`model`]: PV from the sun over the site
+//! (`domain::solar`) with passing clouds and the building's load by size, hour and opening hours
+//! ([`meters`]), EV charging sessions ([`chargers`]), presence from the real bookings or from the
+//! opening hours ([`presence`]), CO2, temperature and humidity following the people in each zone
+//! ([`environment`]), door events and the gateway's grant list ([`doors`]). This file holds the
+//! plumbing they share: the connection per site, its event loop, publishing and the counters.
 //!
 //! A simulated device cannot store its counters, so it does what the contract asks of such a
 //! device: `seq` starts at the simulator's boot time in epoch ms, and energy counters start from
@@ -21,7 +24,12 @@
 //! answered on `cmd/{name}/res`; none is run at or after its `exp`, or twice for one nonce. The
 //! retained grant list on the gateway's `cmd/grants` is kept, the newest version only.
 
+mod chargers;
+mod doors;
+mod environment;
+mod meters;
 mod model;
+mod presence;
 mod schedule;
 mod site;
 
@@ -42,9 +50,11 @@ use tokio::sync::watch;
 
 use crate::db::{bookings, naive, Db, DbConfig, DbError};
 use crate::domain::devices::DeviceSpec;
+use crate::domain::epoch::now_ms;
 use crate::domain::network::{generate, DEFAULT_SEED};
 use crate::domain::DeviceClass;
-use site::{Bookings, Outgoing, Place, SimConfig, SiteSim};
+use presence::Bookings;
+use site::{Outgoing, Place, SimConfig, SiteSim};
 
 /// How the simulator runs.
 #[derive(Debug, Clone)]
@@ -271,10 +281,6 @@ impl Stats {
     fn published(&self) -> u64 {
         self.by_kind.iter().map(|a| a.load(Ordering::Relaxed)).sum()
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 /// Resolves once `rx` holds `true`; never if its sender goes away first.

@@ -1,40 +1,40 @@
-//! One simulated site (or Polis building): the state of its devices and what each one publishes
-//! when its time comes. No I/O: [`SiteSim::step`] takes the wall-clock time and returns the
-//! messages due, so the whole behaviour can be driven through a day in a test.
+//! One simulated site (or Polis building): its devices, its schedule of what is due, and the
+//! plumbing every device family shares (the message envelopes, `meta` and `status`, the commands
+//! heard and the deliberate faults). No I/O: [`SiteSim::step`] takes the wall-clock time and
+//! returns the messages due, so the whole behaviour can be driven through a day in a test.
+//!
+//! What each family does lives beside it: [`super::meters`] (PV and grid), [`super::chargers`],
+//! [`super::environment`] (zones' air and their sensors), [`super::presence`] (people and the
+//! presence sensors), [`super::doors`] (door readers and the gateway's grant list).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use chrono::{Datelike, Timelike};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
-use super::model::{
-    self, at_ms, charger_reading, climate_target, co2_step, plan_sessions, presence_step, relax,
-    rng_for, volume_m3, Calendar, ChargerMeter, EnergyCounter, LoadProfile, ACH_IDLE,
-    ACH_VENTILATED, OUTDOOR_CO2_PPM,
-};
+use super::chargers::{charge_limit, Charger};
+use super::doors::{check_deny, unlock};
+use super::environment::{check_setpoint, ZoneState};
+use super::meters::ENERGY_INTERVAL_S;
+use super::model::{self, at_ms, rng_for, Calendar, ChargerMeter, EnergyCounter, LoadProfile};
+use super::presence::{Bookings, Presence};
 use super::schedule::{exponential_ms, first_due, next_after, period_ms, Schedule};
-use crate::domain::access_control::{CommandRefusal, DoorLock, GrantList, UnlockCommand};
+use crate::domain::access_control::{CommandRefusal, DoorLock, GrantList};
+use crate::domain::command::{self, Received, Unreadable};
 use crate::domain::devices::DeviceSpec;
 use crate::domain::network::SiteSpec;
 use crate::domain::opening_hours::WeeklyHours;
-use crate::domain::solar::{self, PvPlant};
-use crate::domain::telemetry::valid_id;
+use crate::domain::solar::PvPlant;
 use crate::domain::{DeviceClass, ResourceKind};
 
 /// The topic root of contract v1.
 pub const ROOT: &str = "spazi/v1";
-/// The inverter's own draw while the plant does not produce, W (counted in the PV meter's
-/// `e_imp_wh`; below the resolution of its power reading).
-pub const PV_STANDBY_W: f64 = 3.0;
 /// How often the people, the air and the presence sensors are brought up to date, s (before
 /// the rate is applied).
 pub const PHYSICS_INTERVAL_S: f64 = 30.0;
 /// How often each kind of trouble happens per site with faults on, s (before the rate).
 pub const FAULT_MEAN_INTERVAL_S: f64 = 3_600.0;
-/// Energy counters report this often, s.
-pub const ENERGY_INTERVAL_S: f64 = 60.0;
 
 /// What the simulator needs to know about a place.
 #[derive(Debug, Clone)]
@@ -175,23 +175,17 @@ pub struct Outgoing {
     pub kind: &'static str,
 }
 
-/// The resources with an active booking, as last read from the database.
-#[derive(Debug, Clone, Default)]
-pub struct Bookings {
-    pub resources: HashSet<String>,
-}
-
 #[derive(Debug)]
-struct Device {
-    spec: DeviceSpec,
+pub(super) struct Device {
+    pub(super) spec: DeviceSpec,
     /// `spazi/v1/{site}/{device}/`
-    base: String,
-    seq: i64,
-    state: DevState,
+    pub(super) base: String,
+    pub(super) seq: i64,
+    pub(super) state: DevState,
 }
 
 #[derive(Debug)]
-enum DevState {
+pub(super) enum DevState {
     Gateway,
     Pv,
     Grid,
@@ -210,50 +204,8 @@ enum DevState {
     },
 }
 
-#[derive(Debug)]
-struct Charger {
-    meter: ChargerMeter,
-    fault: Option<(&'static str, &'static str)>,
-    limit_a: u32,
-    zeroed: bool,
-}
-
-#[derive(Debug)]
-struct Presence {
-    device: usize,
-    zone: Option<usize>,
-    kind: ResourceKind,
-    capacity: u32,
-    resource: String,
-    occupied: bool,
-    count: u32,
-    booked: Option<Booked>,
-    ghost_until: i64,
-}
-
-/// A booking followed by a presence sensor: the person arrives a few minutes after it starts
-/// and takes a break now and then.
-#[derive(Debug, Clone, Copy)]
-struct Booked {
-    arrive_ms: i64,
-    next_break_ms: i64,
-    break_until_ms: i64,
-}
-
-#[derive(Debug)]
-struct ZoneState {
-    area_m2: f64,
-    volume_m3: f64,
-    co2: f64,
-    t_c: f64,
-    rh: f64,
-    people: f64,
-    /// For a zone without presence sensors: people at the busiest hour.
-    from_activity: Option<f64>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Task {
+pub(super) enum Task {
     Status(usize),
     Power(usize),
     Energy(usize),
@@ -268,16 +220,6 @@ enum Task {
     Duplicate,
     Malformed,
 }
-
-const FAULTS: [(&str, &str); 4] = [
-    ("RCD_TRIP", "residual current device tripped"),
-    ("CP_ERROR", "control pilot signal out of range"),
-    (
-        "OVERTEMP",
-        "connector temperature too high, charging suspended",
-    ),
-    ("GROUND_FAULT", "protective earth not detected"),
-];
 
 fn firmware(class: DeviceClass) -> &'static str {
     match class {
@@ -307,7 +249,7 @@ fn units(class: DeviceClass) -> Value {
 }
 
 /// A compact JSON object with its keys in the given order (the contract writes `v` first).
-fn ordered(pairs: &[(&str, Value)]) -> Vec<u8> {
+pub(super) fn ordered(pairs: &[(&str, Value)]) -> Vec<u8> {
     let mut s = String::with_capacity(128);
     s.push('{');
     for (i, (k, v)) in pairs.iter().enumerate() {
@@ -323,38 +265,69 @@ fn ordered(pairs: &[(&str, Value)]) -> Vec<u8> {
 }
 
 /// To a tenth, and never `-0.0` (which JSON would carry as such).
-fn round1(x: f64) -> f64 {
+pub(super) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0 + 0.0
+}
+
+/// The reply's code for a command the device cannot read.
+pub(super) const BAD_REQUEST: &str = "bad_request";
+
+/// An integer field of a command's `m` within `lo..=hi`.
+pub(super) fn int(m: &Map<String, Value>, k: &str, lo: i64, hi: i64) -> Result<i64, &'static str> {
+    m.get(k)
+        .and_then(Value::as_i64)
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or(BAD_REQUEST)
+}
+
+/// A number field of a command's `m` within `lo..=hi`.
+pub(super) fn num(m: &Map<String, Value>, k: &str, lo: f64, hi: f64) -> Result<f64, &'static str> {
+    m.get(k)
+        .and_then(Value::as_f64)
+        .filter(|x| (lo..=hi).contains(x))
+        .ok_or(BAD_REQUEST)
+}
+
+/// A text field of a command's `m`, one of `allowed`.
+pub(super) fn one_of<'a>(
+    m: &'a Map<String, Value>,
+    k: &str,
+    allowed: &[&str],
+) -> Result<&'a str, &'static str> {
+    m.get(k)
+        .and_then(Value::as_str)
+        .filter(|s| allowed.contains(s))
+        .ok_or(BAD_REQUEST)
 }
 
 /// The one simulated place.
 pub struct SiteSim {
-    place: Place,
-    cfg: SimConfig,
-    rng: StdRng,
-    devices: Vec<Device>,
-    presences: Vec<Presence>,
-    zones: Vec<ZoneState>,
-    chargers: Vec<usize>,
-    gateway: Option<usize>,
-    schedule: Schedule<Task>,
-    plant: PvPlant,
-    load: LoadProfile,
-    weather_seed: u64,
-    noise_seed: u64,
-    pv: EnergyCounter,
-    grid: EnergyCounter,
-    energy_ms: i64,
-    pv_w: f64,
-    grid_w: f64,
-    physics_ms: Option<i64>,
-    bookings_seen: bool,
-    duplicate_next: bool,
+    pub(super) place: Place,
+    pub(super) cfg: SimConfig,
+    pub(super) rng: StdRng,
+    pub(super) devices: Vec<Device>,
+    pub(super) presences: Vec<Presence>,
+    pub(super) zones: Vec<ZoneState>,
+    pub(super) chargers: Vec<usize>,
+    pub(super) gateway: Option<usize>,
+    pub(super) schedule: Schedule<Task>,
+    pub(super) plant: PvPlant,
+    pub(super) load: LoadProfile,
+    pub(super) weather_seed: u64,
+    pub(super) noise_seed: u64,
+    pub(super) pv: EnergyCounter,
+    pub(super) grid: EnergyCounter,
+    pub(super) energy_ms: i64,
+    pub(super) pv_w: f64,
+    pub(super) grid_w: f64,
+    pub(super) physics_ms: Option<i64>,
+    pub(super) bookings_seen: bool,
+    pub(super) duplicate_next: bool,
     /// The latest grant list the service left retained on the gateway (`cmd/grants`).
-    grants: Option<GrantList>,
+    pub(super) grants: Option<GrantList>,
     /// Nonces of the commands other than unlocks already carried out, with their `exp` (after
     /// which a command is refused anyway, so its nonce can be forgotten).
-    executed: HashMap<String, i64>,
+    pub(super) executed: HashMap<String, i64>,
 }
 
 impl SiteSim {
@@ -573,13 +546,8 @@ impl SiteSim {
     /// topic that is not a command for a device of this site, and for a payload without a
     /// nonce to answer to.
     pub fn command(&mut self, topic: &str, payload: &[u8], now_ms: i64) -> Option<Outgoing> {
-        let rest = topic
-            .strip_prefix(ROOT)?
-            .strip_prefix('/')?
-            .strip_prefix(self.place.id.as_str())?
-            .strip_prefix('/')?;
-        let (device, name) = rest.split_once("/cmd/")?;
-        if !valid_id(name) {
+        let (site, device, name) = command::parse_topic(topic)?;
+        if site != self.place.id {
             return None;
         }
         let i = self.devices.iter().position(|d| d.spec.id == device)?;
@@ -589,12 +557,11 @@ impl SiteSim {
             self.keep_grants(i, &body);
             return None;
         }
-        let nonce = body
-            .get("nonce")
-            .and_then(Value::as_str)
-            .filter(|n| (1..=64).contains(&n.len()))?
-            .to_owned();
-        let result = self.execute(i, name, &nonce, &body, now_ms);
+        let (nonce, result) = match Received::read(&body) {
+            Ok(cmd) => (cmd.nonce.to_owned(), self.execute(i, name, &cmd, now_ms)),
+            Err(Unreadable::NoNonce) => return None,
+            Err(Unreadable::Bad { nonce }) => (nonce, Err(BAD_REQUEST)),
+        };
         let mut reply = vec![
             ("v", json!(1)),
             ("ts", json!(now_ms)),
@@ -612,103 +579,41 @@ impl SiteSim {
         })
     }
 
-    /// Keeps a grant list sent to the gateway, unless an older version than the one kept.
-    fn keep_grants(&mut self, i: usize, body: &Value) {
-        if Some(i) != self.gateway || body.get("v").and_then(Value::as_i64) != Some(1) {
-            return;
-        }
-        let Some(list) = body
-            .get("m")
-            .and_then(|m| serde_json::from_value::<GrantList>(m.clone()).ok())
-        else {
-            return;
-        };
-        if self
-            .grants
-            .as_ref()
-            .is_some_and(|g| list.version < g.version)
-        {
-            return;
-        }
-        self.grants = Some(list);
-    }
-
-    /// One command for device `i`: `Ok` if carried out, or the reply's error code.
-    fn execute(
+    /// One command for device `i`: `Ok` if carried out, or the reply's error code. The device's
+    /// family checks what the command asks; every command is then refused at or after its
+    /// `exp` and for a nonce already carried out.
+    pub(super) fn execute(
         &mut self,
         i: usize,
         name: &str,
-        nonce: &str,
-        body: &Value,
+        cmd: &Received<'_>,
         now: i64,
     ) -> Result<(), &'static str> {
-        const BAD: &str = "bad_request";
-        if body.get("v").and_then(Value::as_i64) != Some(1) {
-            return Err(BAD);
-        }
-        let exp = body.get("exp").and_then(Value::as_i64).ok_or(BAD)?;
-        let m = body.get("m").and_then(Value::as_object).ok_or(BAD)?;
-        let int = |k: &str, lo: i64, hi: i64| {
-            m.get(k)
-                .and_then(Value::as_i64)
-                .filter(|n| (lo..=hi).contains(n))
-                .ok_or(BAD)
-        };
-        let num = |k: &str, lo: f64, hi: f64| {
-            m.get(k)
-                .and_then(Value::as_f64)
-                .filter(|x| (lo..=hi).contains(x))
-                .ok_or(BAD)
-        };
-        let one_of = |k: &str, allowed: &[&str]| {
-            m.get(k)
-                .and_then(Value::as_str)
-                .filter(|s| allowed.contains(s))
-                .ok_or(BAD)
-        };
         let mut limit_a = None;
         match (name, &mut self.devices[i].state) {
-            ("unlock", DevState::Door { lock, .. }) => {
-                let cmd = UnlockCommand {
-                    nonce: nonce.to_owned(),
-                    exp,
-                    badge_seq: int("badge_seq", 0, i64::MAX)?,
-                    duration_s: int("duration_s", 1, 3_600)?,
-                };
-                return lock.unlock(&cmd, now).map_err(CommandRefusal::as_str);
-            }
-            ("deny", DevState::Door { .. }) => {
-                int("badge_seq", 0, i64::MAX)?;
-                let reason = m.get("reason").and_then(Value::as_str).ok_or(BAD)?;
-                if !(1..=64).contains(&reason.len()) {
-                    return Err(BAD);
-                }
-            }
-            ("setpoint", DevState::Env { .. }) => {
-                one_of("mode", &["comfort", "eco", "precondition"])?;
-                num("t_c", 5.0, 35.0)?;
-                one_of("lights", &["on", "off"])?;
-            }
-            ("charge_limit", DevState::Charger(_)) => limit_a = Some(num("limit_a", 0.0, 1_000.0)?),
+            ("unlock", DevState::Door { lock, .. }) => return unlock(lock, cmd, now),
+            ("deny", DevState::Door { .. }) => check_deny(cmd.m)?,
+            ("setpoint", DevState::Env { .. }) => check_setpoint(cmd.m)?,
+            ("charge_limit", DevState::Charger(_)) => limit_a = Some(charge_limit(cmd.m)?),
             _ => return Err("unsupported"),
         }
-        if now >= exp {
+        if !cmd.in_time(now) {
             return Err(CommandRefusal::Expired.as_str());
         }
-        if self.executed.contains_key(nonce) {
+        if self.executed.contains_key(cmd.nonce) {
             return Err(CommandRefusal::Duplicate.as_str());
         }
         if self.executed.len() >= 4_096 {
             self.executed.retain(|_, e| *e > now);
         }
-        self.executed.insert(nonce.to_owned(), exp);
+        self.executed.insert(cmd.nonce.to_owned(), cmd.exp);
         if let (Some(limit), DevState::Charger(c)) = (limit_a, &mut self.devices[i].state) {
             c.limit_a = limit.round() as u32;
         }
         Ok(())
     }
 
-    fn meta(&self, i: usize) -> Outgoing {
+    pub(super) fn meta(&self, i: usize) -> Outgoing {
         let d = &self.devices[i];
         let class = d.spec.class;
         // Faster than the class default under a rate above 1 still declares the default, so a
@@ -740,7 +645,7 @@ impl SiteSim {
         }
     }
 
-    fn status(&self, i: usize, now_ms: i64, online: bool) -> Outgoing {
+    pub(super) fn status(&self, i: usize, now_ms: i64, online: bool) -> Outgoing {
         let d = &self.devices[i];
         Outgoing {
             topic: format!("{}status", d.base),
@@ -756,7 +661,7 @@ impl SiteSim {
 
     /// A telemetry or event message of device `i`: the next `seq`, and a second identical copy
     /// when a duplicate is pending.
-    fn envelope(
+    pub(super) fn envelope(
         &mut self,
         i: usize,
         sub: &'static str,
@@ -798,17 +703,17 @@ impl SiteSim {
         }
     }
 
-    fn again(&mut self, due: i64, now: i64, interval_s: f64, task: Task) {
+    pub(super) fn again(&mut self, due: i64, now: i64, interval_s: f64, task: Task) {
         let p = period_ms(interval_s, self.cfg.rate);
         let next = next_after(due, now, p, &mut self.rng);
         self.schedule.push(next, task);
     }
 
-    fn interval_of(&self, i: usize) -> f64 {
+    pub(super) fn interval_of(&self, i: usize) -> f64 {
         f64::from(self.devices[i].spec.report_interval_s.max(1))
     }
 
-    fn run(
+    pub(super) fn run(
         &mut self,
         due: i64,
         now: i64,
@@ -822,35 +727,11 @@ impl SiteSim {
                 self.again(due, now, self.interval_of(i), task);
             }
             Task::Power(i) => {
-                self.advance(now);
-                let p = match self.devices[i].state {
-                    // Production leaves the PV meter: export, negative.
-                    DevState::Pv => -self.pv_w,
-                    _ => self.grid_w,
-                };
-                self.envelope(i, "tele/power", now, json!({"p_w": round1(p)}), out);
+                self.power_message(i, now, out);
                 self.again(due, now, self.interval_of(i), task);
             }
             Task::Energy(i) => {
-                self.advance(now);
-                let epoch = self.cfg.boot_ms / 1000;
-                let m = match &self.devices[i].state {
-                    DevState::Pv => json!({
-                        "e_imp_wh": round1(self.pv.import_wh),
-                        "e_exp_wh": round1(self.pv.export_wh),
-                        "meter_epoch": epoch,
-                    }),
-                    DevState::Charger(c) => json!({
-                        "e_imp_wh": round1(c.meter.counter_wh(now).max(0.0)),
-                        "meter_epoch": epoch,
-                    }),
-                    _ => json!({
-                        "e_imp_wh": round1(self.grid.import_wh),
-                        "e_exp_wh": round1(self.grid.export_wh),
-                        "meter_epoch": epoch,
-                    }),
-                };
-                self.envelope(i, "tele/energy", now, m, out);
+                self.energy_message(i, now, out);
                 self.again(due, now, ENERGY_INTERVAL_S, task);
             }
             Task::Charger(i) => {
@@ -869,12 +750,7 @@ impl SiteSim {
                 self.again(due, now, self.interval_of(i), task);
             }
             Task::DoorNext(i) => self.door_next(i, now, out),
-            Task::DoorClose(i) => {
-                if let DevState::Door { open, .. } = &mut self.devices[i].state {
-                    *open = false;
-                }
-                self.envelope(i, "evt/door", now, json!({"open": false}), out);
-            }
+            Task::DoorClose(i) => self.door_close(i, now, out),
             Task::Physics => {
                 self.physics(now, bookings, out);
                 self.again(due, now, PHYSICS_INTERVAL_S, task);
@@ -895,119 +771,19 @@ impl SiteSim {
         }
     }
 
-    fn again_poisson(&mut self, now: i64, task: Task) {
+    pub(super) fn again_poisson(&mut self, now: i64, task: Task) {
         let mean = FAULT_MEAN_INTERVAL_S * 1000.0 / self.cfg.rate;
         let next = now + exponential_ms(mean, &mut self.rng);
         self.schedule.push(next, task);
     }
 
-    /// Brings the plant, the building and the chargers to `now` and integrates the meters.
-    fn advance(&mut self, now: i64) {
-        if now <= self.energy_ms {
-            return;
-        }
-        let at = at_ms(now);
-        let clouds = solar::clouds_factor(self.weather_seed, at);
-        let production = self
-            .plant
-            .power_at(self.place.latitude, self.place.longitude, at, clouds);
-        let mut chargers_w = 0.0;
-        for k in 0..self.chargers.len() {
-            let i = self.chargers[k];
-            self.plan_charger(i, now);
-            if let DevState::Charger(c) = &self.devices[i].state {
-                chargers_w += charger_reading(&c.meter.sessions, now, c.fault.is_some()).p_w;
-            }
-        }
-        let cal = &self.place.calendar;
-        let season = model::hvac_season_factor(at.with_timezone(&cal.tz).ordinal());
-        let noise = solar::value_noise(self.noise_seed, now as f64 / 1000.0, 300.0);
-        let load = self
-            .load
-            .load_w(cal.activity(at), cal.hvac_on(at), season, noise);
-        let standby = if production > 0.0 { 0.0 } else { PV_STANDBY_W };
-        self.pv.sample(now, standby - production);
-        let grid = load + chargers_w + standby - production;
-        self.grid.sample(now, grid);
-        self.pv_w = production;
-        self.grid_w = grid;
-        self.energy_ms = now;
-    }
-
-    /// Makes sure charger `i` has the plan of the local day of `now`.
-    fn plan_charger(&mut self, i: usize, now: i64) {
-        let cal = &self.place.calendar;
-        let (date, _) = cal.local(at_ms(now));
-        let DevState::Charger(c) = &mut self.devices[i].state else {
-            return;
-        };
-        if c.meter.date == Some(date) {
-            return;
-        }
-        let open_day = !cal.hours.on(date.weekday()).is_empty() && !cal.closed.contains(&date);
-        let busy = model::weekday_factor(date.weekday()) * if open_day { 1.0 } else { 0.3 };
-        let sessions = plan_sessions(self.cfg.seed, &self.devices[i].spec.id, date, cal, busy);
-        let DevState::Charger(c) = &mut self.devices[i].state else {
-            return;
-        };
-        c.meter.replan(date, sessions, now);
-        if !c.zeroed {
-            // A fresh meter epoch starts from zero, whatever the day has delivered so far.
-            c.meter.initial_wh = -c.meter.counter_wh(now);
-            c.zeroed = true;
-        }
-    }
-
-    fn charger_message(&mut self, i: usize, now: i64, out: &mut Vec<Outgoing>) {
-        let DevState::Charger(c) = &self.devices[i].state else {
-            return;
-        };
-        let r = charger_reading(&c.meter.sessions, now, c.fault.is_some());
-        let mut m = Map::new();
-        m.insert("state".into(), json!(r.state.as_str()));
-        m.insert("p_w".into(), json!(round1(r.p_w)));
-        if let Some((id, e)) = r.session {
-            m.insert("session_id".into(), json!(id));
-            m.insert("e_session_wh".into(), json!(round1(e)));
-        }
-        m.insert("limit_a".into(), json!(c.limit_a));
-        self.envelope(i, "tele/charger", now, Value::Object(m), out);
-    }
-
-    fn env_message(&mut self, i: usize, now: i64, out: &mut Vec<Outgoing>) {
-        let DevState::Env { zone, noise } = self.devices[i].state else {
-            return;
-        };
-        let z = &self.zones[zone];
-        let t = now as f64 / 1000.0;
-        let n = |k: u64, period: f64| solar::value_noise(noise ^ k, t, period) - 0.5;
-        let at = at_ms(now);
-        let sun = solar::sun_position(self.place.latitude, self.place.longitude, at);
-        let clouds = solar::clouds_factor(self.weather_seed, at);
-        let lights = self.place.calendar.activity(at) > 0.0 || z.people > 0.5;
-        let lux = model::lux(lights, sun.elevation_deg, clouds) * (1.0 + 0.2 * n(3, 600.0));
-        let m = json!({
-            "t_c": round1(z.t_c + 0.4 * n(1, 900.0)),
-            "rh_pct": round1((z.rh + 2.0 * n(2, 1200.0)).clamp(0.0, 100.0)),
-            "co2_ppm": (z.co2 + 15.0 * n(4, 300.0)).max(380.0).round(),
-            "lux": lux.max(0.0).round(),
-        });
-        self.envelope(i, "tele/env", now, m, out);
-    }
-
-    fn presence_message(&mut self, p: usize, now: i64, out: &mut Vec<Outgoing>) {
-        let pr = &self.presences[p];
-        let m = if pr.kind == ResourceKind::Desk {
-            json!({"occupied": pr.occupied})
-        } else {
-            json!({"occupied": pr.occupied, "count": if pr.occupied { pr.count } else { 0 }})
-        };
-        let device = pr.device;
-        self.envelope(device, "tele/presence", now, m, out);
-    }
-
     /// People come and go, the air follows them; presence sensors report what changed.
-    fn physics(&mut self, now: i64, bookings: Option<&Bookings>, out: &mut Vec<Outgoing>) {
+    pub(super) fn physics(
+        &mut self,
+        now: i64,
+        bookings: Option<&Bookings>,
+        out: &mut Vec<Outgoing>,
+    ) {
         let first = self.physics_ms.is_none();
         let dt_s = self
             .physics_ms
@@ -1016,156 +792,15 @@ impl SiteSim {
         let at = at_ms(now);
         let cal = self.place.calendar.clone();
         let activity = cal.activity(at);
-        let first_bookings = bookings.is_some() && !self.bookings_seen;
-        if bookings.is_some() {
-            self.bookings_seen = true;
-        }
 
-        for p in 0..self.presences.len() {
-            let before = (self.presences[p].occupied, self.presences[p].count);
-            let u: f64 = self.rng.gen();
-            let pr = &mut self.presences[p];
-            let target = activity * base_occupancy(pr.kind);
-            match bookings {
-                Some(b) => {
-                    let active = b.resources.contains(&pr.resource);
-                    follow_booking(
-                        pr,
-                        active,
-                        now,
-                        first_bookings,
-                        activity,
-                        dt_s,
-                        u,
-                        &mut self.rng,
-                    );
-                }
-                None if first => pr.occupied = u < target,
-                None => {
-                    let stay = mean_stay_s(pr.kind);
-                    // After closing, people leave within a quarter of an hour or so.
-                    let stay = if activity == 0.0 {
-                        stay.min(900.0)
-                    } else {
-                        stay
-                    };
-                    pr.occupied = presence_step(pr.occupied, target, stay, dt_s, u);
-                }
-            }
-            if pr.occupied && !before.0 {
-                pr.count = people_in(pr.kind, pr.capacity, &mut self.rng);
-            }
-            if !pr.occupied {
-                pr.count = 0;
-            }
-            if !first && (pr.occupied, pr.count) != before {
-                self.presence_message(p, now, out);
-            }
-        }
-
-        let mut people = vec![0.0; self.zones.len()];
-        for pr in &self.presences {
-            if let (Some(z), true) = (pr.zone, pr.occupied) {
-                people[z] += f64::from(pr.count.max(1));
-            }
-        }
-        let hvac = cal.hvac_on(at);
-        let local = at.with_timezone(&cal.tz);
-        let (doy, minute) = (local.ordinal(), local.hour() * 60 + local.minute());
-        let ach = if hvac { ACH_VENTILATED } else { ACH_IDLE };
-        for (z, zone) in self.zones.iter_mut().enumerate() {
-            zone.people = match zone.from_activity {
-                Some(peak) => peak * activity,
-                None => people[z],
-            };
-            let density = zone.people * 10.0 / zone.area_m2;
-            let (t, rh) = climate_target(doy, minute, hvac, density);
-            if first {
-                zone.co2 = co2_step(OUTDOOR_CO2_PPM, zone.people, zone.volume_m3, ach, 7_200.0);
-                zone.t_c = t;
-                zone.rh = rh;
-            } else {
-                zone.co2 = co2_step(zone.co2, zone.people, zone.volume_m3, ach, dt_s);
-                zone.t_c = relax(zone.t_c, t, dt_s, 3_600.0);
-                zone.rh = relax(zone.rh, rh, dt_s, 2_400.0);
-            }
-        }
-    }
-
-    fn door_next(&mut self, i: usize, now: i64, out: &mut Vec<Outgoing>) {
-        let at = at_ms(now);
-        let activity = self.place.calendar.activity(at);
-        let DevState::Door { zone, .. } = self.devices[i].state else {
-            return;
-        };
-        if activity <= 0.0 {
-            let p = period_ms(self.interval_of(i), self.cfg.rate);
-            self.schedule.push(now + p, Task::DoorNext(i));
-            return;
-        }
-        // The main door sees everyone; a room's door only its own people.
-        let mean_s = match zone {
-            None => 600.0 / (self.place.people_at_peak / 10.0).clamp(0.5, 8.0),
-            Some(z) if self.zones[z].people > 0.0 => 600.0,
-            Some(_) => 1_800.0,
-        } / activity;
-        if let DevState::Door { open, .. } = &mut self.devices[i].state {
-            *open = true;
-        }
-        self.envelope(i, "evt/door", now, json!({"open": true}), out);
-        let close = now + self.rng.gen_range(3_000..12_000);
-        self.schedule.push(close, Task::DoorClose(i));
-        let next = close + exponential_ms(mean_s * 1000.0 / self.cfg.rate, &mut self.rng);
-        self.schedule.push(next, Task::DoorNext(i));
-    }
-
-    fn raise_fault(&mut self, now: i64, out: &mut Vec<Outgoing>) {
-        let healthy: Vec<usize> = self
-            .chargers
-            .iter()
-            .copied()
-            .filter(
-                |i| matches!(&self.devices[*i].state, DevState::Charger(c) if c.fault.is_none()),
-            )
-            .collect();
-        if healthy.is_empty() {
-            return;
-        }
-        self.advance(now);
-        let i = healthy[self.rng.gen_range(0..healthy.len())];
-        let fault = FAULTS[self.rng.gen_range(0..FAULTS.len())];
-        if let DevState::Charger(c) = &mut self.devices[i].state {
-            c.meter.stop_charging(now);
-            c.fault = Some(fault);
-        }
-        let m = json!({"code": fault.0, "active": true, "message": fault.1});
-        self.envelope(i, "evt/fault", now, m, out);
-        self.charger_message(i, now, out);
-        let lasts = period_ms(self.rng.gen_range(120.0..360.0), self.cfg.rate);
-        self.schedule.push(now + lasts, Task::FaultClear(i));
-    }
-
-    fn clear_fault(&mut self, i: usize, now: i64, out: &mut Vec<Outgoing>) {
-        self.advance(now);
-        let fault = match &mut self.devices[i].state {
-            DevState::Charger(c) => c.fault.take(),
-            _ => None,
-        };
-        if let Some((code, _)) = fault {
-            self.envelope(
-                i,
-                "evt/fault",
-                now,
-                json!({"code": code, "active": false}),
-                out,
-            );
-            self.charger_message(i, now, out);
-        }
+        self.people_move(now, activity, first, dt_s, bookings, out);
+        let people = self.people_by_zone();
+        self.air_follows(at, &cal, activity, first, dt_s, &people);
     }
 
     /// One broken message on a device's telemetry topic: either not JSON at all, or a string
     /// where the contract wants a number.
-    fn malformed(&mut self, now: i64, out: &mut Vec<Outgoing>) {
+    pub(super) fn malformed(&mut self, now: i64, out: &mut Vec<Outgoing>) {
         let candidates: Vec<usize> = (0..self.devices.len())
             .filter(|i| {
                 !matches!(
@@ -1202,113 +837,14 @@ impl SiteSim {
     }
 }
 
-impl ZoneState {
-    fn new(area_m2: f64, from_activity: Option<f64>) -> Self {
-        ZoneState {
-            area_m2,
-            volume_m3: volume_m3(area_m2),
-            co2: OUTDOOR_CO2_PPM,
-            t_c: 21.0,
-            rh: 45.0,
-            people: 0.0,
-            from_activity,
-        }
-    }
-}
-
-/// The share of the busiest hour a resource of this kind is occupied, without bookings.
-fn base_occupancy(kind: ResourceKind) -> f64 {
-    match kind {
-        ResourceKind::Desk => 0.6,
-        ResourceKind::MeetingRoom => 0.4,
-        ResourceKind::Office => 0.7,
-        ResourceKind::EventRoom => 0.15,
-        ResourceKind::EvBay => 0.0,
-    }
-}
-
-/// How long people stay once they sit down, on average, s.
-fn mean_stay_s(kind: ResourceKind) -> f64 {
-    match kind {
-        ResourceKind::Desk => 100.0 * 60.0,
-        ResourceKind::MeetingRoom => 50.0 * 60.0,
-        ResourceKind::Office => 150.0 * 60.0,
-        ResourceKind::EventRoom => 120.0 * 60.0,
-        ResourceKind::EvBay => 60.0,
-    }
-}
-
-/// How many people are in a resource that just became occupied.
-fn people_in(kind: ResourceKind, capacity: u32, rng: &mut StdRng) -> u32 {
-    let cap = capacity.max(1);
-    match kind {
-        ResourceKind::Desk | ResourceKind::EvBay => 1,
-        ResourceKind::EventRoom => rng.gen_range((cap * 3 / 10).max(1)..=cap),
-        ResourceKind::MeetingRoom => rng.gen_range(1..=(cap * 8 / 10).max(1)),
-        ResourceKind::Office => rng.gen_range(1..=cap),
-    }
-}
-
-/// Presence for a resource with a booking (`active`): occupied from a few minutes after the
-/// booking is first seen, except during breaks; without one, only a rare ghost (someone
-/// sitting down for a few minutes without booking).
-#[allow(clippy::too_many_arguments)]
-fn follow_booking(
-    pr: &mut Presence,
-    active: bool,
-    now: i64,
-    first_bookings: bool,
-    activity: f64,
-    dt_s: f64,
-    u: f64,
-    rng: &mut StdRng,
-) {
-    if active {
-        let b = pr.booked.get_or_insert_with(|| {
-            let delay = if first_bookings {
-                0
-            } else {
-                rng.gen_range(2 * 60_000..10 * 60_000)
-            };
-            Booked {
-                arrive_ms: now + delay,
-                next_break_ms: now + delay + rng.gen_range(60 * 60_000..120 * 60_000),
-                break_until_ms: 0,
-            }
-        });
-        if now >= b.next_break_ms {
-            b.break_until_ms = b.next_break_ms + rng.gen_range(8 * 60_000..15 * 60_000);
-            b.next_break_ms = b.break_until_ms + rng.gen_range(90 * 60_000..150 * 60_000);
-        }
-        pr.occupied = now >= b.arrive_ms && now >= b.break_until_ms;
-        return;
-    }
-    pr.booked = None;
-    if now < pr.ghost_until {
-        pr.occupied = true;
-        return;
-    }
-    let mean_gap_s = if activity > 0.0 {
-        8.0 * 3_600.0
-    } else {
-        72.0 * 3_600.0
-    };
-    if u < 1.0 - (-dt_s / mean_gap_s).exp() {
-        pr.ghost_until = now + rng.gen_range(3 * 60_000..10 * 60_000);
-        pr.occupied = true;
-    } else {
-        pr.occupied = false;
-    }
-}
-
+/// What the tests of every family drive a site with.
 #[cfg(test)]
-mod tests {
+pub(super) mod testing {
     use super::*;
-    use crate::domain::devices::site_devices;
     use crate::domain::network::{generate, DEFAULT_SEED};
-    use crate::domain::telemetry::{decode, parse_topic, Decoded, Metric, TopicKind};
+    use crate::domain::telemetry::{decode, parse_topic, Decoded, Metric};
 
-    fn cfg(faults: bool, rate: f64) -> SimConfig {
+    pub(crate) fn cfg(faults: bool, rate: f64) -> SimConfig {
         SimConfig {
             seed: 11,
             rate,
@@ -1317,7 +853,7 @@ mod tests {
         }
     }
 
-    fn site(id: &str) -> SiteSpec {
+    pub(crate) fn site(id: &str) -> SiteSpec {
         generate(DEFAULT_SEED)
             .into_iter()
             .find(|s| s.id == id)
@@ -1325,7 +861,7 @@ mod tests {
     }
 
     /// Drives a site from `start` for `hours`, checking every message against the contract.
-    fn drive(
+    pub(crate) fn drive(
         sim: &mut SiteSim,
         start: i64,
         hours: i64,
@@ -1359,7 +895,7 @@ mod tests {
         all
     }
 
-    fn value(d: &Decoded, metric: Metric) -> Option<f64> {
+    pub(crate) fn value(d: &Decoded, metric: Metric) -> Option<f64> {
         match d {
             Decoded::Readings { values, .. } => {
                 values.iter().find(|(m, _)| *m == metric).map(|(_, v)| *v)
@@ -1367,6 +903,17 @@ mod tests {
             _ => None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use super::testing::{cfg, drive, site, value};
+    use super::*;
+    use crate::domain::devices::site_devices;
+    use crate::domain::solar;
+    use crate::domain::telemetry::{decode, parse_topic, Decoded, Metric, TopicKind};
 
     #[test]
     fn a_day_at_a_site_keeps_the_contract() {
@@ -1480,77 +1027,9 @@ mod tests {
     }
 
     #[test]
-    fn co2_follows_the_day() {
-        let spec = site("roma");
-        let start = 1_781_647_200_000; // 17 June 2026 00:00 in Rome
-        let mut sim = SiteSim::new(
-            Place::from_site(&spec),
-            site_devices(&spec),
-            cfg(false, 1.0),
-            start,
-        );
-        let all = drive(&mut sim, start, 24, None);
-        let co2 = |from_h: i64, to_h: i64| -> f64 {
-            let vals: Vec<f64> = all
-                .iter()
-                .filter_map(|(o, d)| {
-                    let d = d.as_ref()?;
-                    if !o.topic.contains("-open-1-env/") {
-                        return None;
-                    }
-                    let Decoded::Readings { ts, .. } = d else {
-                        return None;
-                    };
-                    let h = (ts - start) / 3_600_000;
-                    (from_h <= h && h < to_h)
-                        .then(|| value(d, Metric::Co2Ppm))
-                        .flatten()
-                })
-                .collect();
-            vals.iter().sum::<f64>() / vals.len().max(1) as f64
-        };
-        let night = co2(2, 5);
-        let day = co2(10, 12);
-        assert!(night < 470.0, "{night}");
-        assert!(day > night + 100.0, "day {day} night {night}");
-    }
-
-    #[test]
-    fn presence_follows_the_bookings() {
-        let spec = site("roma");
-        let start = 1_781_676_000_000; // 17 June 2026 08:00 in Rome
-        let devices = site_devices(&spec);
-        let mut sim = SiteSim::new(Place::from_site(&spec), devices, cfg(false, 1.0), start);
-        let booked: HashSet<String> = ["roma-desk-001", "roma-room-01"].map(String::from).into();
-        let bookings = Bookings { resources: booked };
-        let all = drive(&mut sim, start, 3, Some(&bookings));
-        let occupied_share = |device: &str| {
-            let vals: Vec<f64> = all
-                .iter()
-                .filter(|(o, _)| o.topic.contains(&format!("/{device}/tele/presence")))
-                .filter_map(|(_, d)| value(d.as_ref()?, Metric::Occupied))
-                .collect();
-            (
-                vals.iter().sum::<f64>() / vals.len().max(1) as f64,
-                vals.len(),
-            )
-        };
-        let (desk, n) = occupied_share("roma-desk-001-pres");
-        assert!(n >= 30 && desk > 0.75, "{desk} over {n}");
-        let (room, _) = occupied_share("roma-room-01-pres");
-        assert!(room > 0.75, "{room}");
-        // Unbooked desks are nearly always free.
-        let free: f64 = (2..40)
-            .map(|n| occupied_share(&format!("roma-desk-{n:03}-pres")).0)
-            .sum::<f64>()
-            / 38.0;
-        assert!(free < 0.1, "{free}");
-    }
-
-    #[test]
     fn polis_buildings_publish_their_six_devices() {
         let start = 1_781_686_800_000; // 17 June 2026 11:00 in Rome
-        let specs = crate::telemetry::simulate::building_devices("polis-00001");
+        let specs = crate::sim::building_devices("polis-00001");
         let mut sim = SiteSim::new(
             Place::polis("polis-00001", 44.5, 11.3),
             specs,
@@ -1703,52 +1182,6 @@ mod tests {
                 now
             )
             .is_none());
-    }
-
-    #[test]
-    fn the_gateway_keeps_the_newest_grant_list() {
-        let spec = site("roma");
-        let mut sim = SiteSim::new(
-            Place::from_site(&spec),
-            site_devices(&spec),
-            cfg(false, 1.0),
-            0,
-        );
-        let topic = "spazi/v1/roma/roma-gw/cmd/grants";
-        let list = |version: i64| {
-            let m = json!({
-                "version": version,
-                "valid_from": 1_000,
-                "valid_until": 86_401_000,
-                "grants": [{
-                    "credential_sha256": crate::domain::access_control::credential_hash("123456"),
-                    "from": 1_000,
-                    "until": 3_601_000,
-                    "doors": ["roma-door-main"],
-                }],
-            });
-            json!({"v": 1, "ts": 1_000, "nonce": format!("g-{version}"), "exp": 86_401_000, "m": m})
-                .to_string()
-        };
-        assert!(sim.grants().is_none());
-        // A grant list is kept, not answered.
-        assert!(sim.command(topic, list(5).as_bytes(), 2_000).is_none());
-        assert_eq!(sim.grants().unwrap().version, 5);
-        assert!(sim.command(topic, list(4).as_bytes(), 2_000).is_none());
-        assert_eq!(sim.grants().unwrap().version, 5);
-        sim.command(topic, list(6).as_bytes(), 2_000);
-        let kept = sim.grants().unwrap();
-        assert_eq!(kept.version, 6);
-        assert_eq!(kept.decide("roma-door-main", "123456", 2_000), Ok(()));
-        // An empty retained payload (the list cleared) changes nothing; nor does a list sent to
-        // a device that is not the gateway.
-        sim.command(topic, b"", 2_000);
-        sim.command(
-            "spazi/v1/roma/roma-door-main/cmd/grants",
-            list(9).as_bytes(),
-            2_000,
-        );
-        assert_eq!(sim.grants().unwrap().version, 6);
     }
 
     #[test]
