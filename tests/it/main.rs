@@ -13,6 +13,7 @@ mod crash;
 mod dst;
 mod email;
 mod energy;
+mod ingest_redelivery;
 mod mosquitto;
 mod network;
 mod ops;
