@@ -18,7 +18,8 @@
 //! messages per run, `SPAZI_BENCH_RUNS` (default 3) the runs per scenario, `SPAZI_BENCH_PUBLISHERS`
 //! (default 2) the publishing connections, `SPAZI_BENCH_IDLE_SECS` (default 30) how long the
 //! service idles before its idle memory is read, `SPAZI_BENCH_SQLITE` (default 1; 0 skips it) the
-//! SQLite scenario. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
+//! SQLite scenario, `SPAZI_BENCH_EMBEDDED` (default 1; 0 skips it) the scenario where the service
+//! runs its embedded rumqttd and the publishers connect to it. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
 
 mod common;
 
@@ -203,14 +204,36 @@ struct Service {
     base: String,
 }
 
-fn start_service(database_url: &str, mqtt_port: u16, dir: &Path) -> anyhow::Result<Service> {
+/// The broker the service hears devices through.
+#[derive(Clone, Copy)]
+enum Broker {
+    /// The harness's Mosquitto on this port.
+    Mosquitto(u16),
+    /// rumqttd inside the service, listening on this port (`SPAZI_MQTT_URL=embedded`).
+    Embedded(u16),
+}
+
+impl Broker {
+    fn port(self) -> u16 {
+        match self {
+            Broker::Mosquitto(p) | Broker::Embedded(p) => p,
+        }
+    }
+}
+
+fn start_service(database_url: &str, broker: Broker, dir: &Path) -> anyhow::Result<Service> {
     let http = free_port()?;
+    let (mqtt_url, listen) = match broker {
+        Broker::Mosquitto(port) => (format!("mqtt://127.0.0.1:{port}"), String::new()),
+        Broker::Embedded(port) => ("embedded".to_owned(), format!("127.0.0.1:{port}")),
+    };
     let log = std::fs::File::create(dir.join(format!("service-{http}.log")))?;
     let child = Command::new(BIN)
         .arg("serve")
         .env("DATABASE_URL", database_url)
         .env("SPAZI_LISTEN", format!("127.0.0.1:{http}"))
-        .env("SPAZI_MQTT_URL", format!("mqtt://127.0.0.1:{mqtt_port}"))
+        .env("SPAZI_MQTT_URL", mqtt_url)
+        .env("SPAZI_MQTT_EMBEDDED_LISTEN", listen)
         .env("SPAZI_MQTT_CLIENT_ID", format!("spazi-bench-{http}"))
         .env(
             "SPAZI_JWT_SECRET",
@@ -434,6 +457,7 @@ async fn main() -> anyhow::Result<()> {
     let idle_secs = env_number("SPAZI_BENCH_IDLE_SECS", 30)?;
     let sim_secs = env_number("SPAZI_BENCH_SIM_SECS", 60)?;
     let with_sqlite = env_number("SPAZI_BENCH_SQLITE", 1)? != 0;
+    let with_embedded = env_number("SPAZI_BENCH_EMBEDDED", 1)? != 0;
     let dir = tempfile::tempdir()?;
     let (_broker, port) = start_mosquitto(dir.path())?;
     let topics = Arc::new(device_topics());
@@ -455,18 +479,32 @@ async fn main() -> anyhow::Result<()> {
     let pg = PgDatabase::create("spazi_bench_ingest")?;
     let sqlite_dir = tempfile::tempdir()?;
     let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("spazi.db").display());
-    let mut backends = vec![("PostgreSQL", pg.url())];
+    let mut backends = vec![("PostgreSQL", pg.url(), Broker::Mosquitto(port))];
     if with_sqlite {
-        backends.push(("SQLite", sqlite_url));
+        backends.push(("SQLite", sqlite_url, Broker::Mosquitto(port)));
+    }
+    let pg_embedded = PgDatabase::create("spazi_bench_ingest_embedded")?;
+    if with_embedded {
+        // rumqttd takes the next port too (MQTT 5).
+        let mut embedded = free_port()?;
+        while std::net::TcpListener::bind(("127.0.0.1", embedded + 1)).is_err() {
+            embedded = free_port()?;
+        }
+        backends.push((
+            "PostgreSQL, embedded broker",
+            pg_embedded.url(),
+            Broker::Embedded(embedded),
+        ));
     }
     let mut report = Vec::new();
     let mut simulated = Vec::new();
-    for (name, url) in backends {
-        let service = start_service(&url, port, dir.path())?;
+    for (name, url, broker) in backends {
+        let service = start_service(&url, broker, dir.path())?;
+        let port = broker.port();
         wait_connected(&service).await?;
         let start_mb = memory_mb(service.proc.0.id()).1;
         eprintln!("{name}: service RSS {start_mb:.0} MB after start");
-        if name == "PostgreSQL" && sim_secs > 0 {
+        if matches!(broker, Broker::Mosquitto(_)) && name == "PostgreSQL" && sim_secs > 0 {
             for rate in [1.0, 10.0] {
                 let r = simulated_run(&service, port, &url, rate, sim_secs.max(5)).await?;
                 eprintln!(
