@@ -2,9 +2,9 @@
 //! a writer that commits batches, and acknowledgements sent only after the commit.
 //!
 //! The event loop task only reads the network and forwards publishes; it never waits on the
-//! database, and on the writer only when the writer's queue ([`QUEUE`] messages) is full, which
-//! the broker's window of unacknowledged messages per client (`max_inflight_messages` in
-//! Mosquitto, `max_inflight_count` in rumqttd) normally prevents. The writer drains what has
+//! database or the writer, so the acknowledgements the writer queues are always sent. What waits
+//! for the writer is bounded by the broker's window of unacknowledged messages per client
+//! (`max_inflight_messages` in Mosquitto, `max_inflight_count` in rumqttd). The writer drains what has
 //! arrived (up to [`MAX_BATCH`]), decodes it against the contract, writes readings and events in
 //! one transaction (idempotent on `(minute, device, metric, seq)`), then updates the fleet and
 //! acknowledges the batch in arrival order.
@@ -42,12 +42,8 @@ pub const MAX_BATCH: usize = 5_000;
 /// Batches committing at once. They are finished (fleet updated, messages acknowledged) in the
 /// order they arrived, whatever order their commits end in.
 const MAX_COMMITS: usize = 3;
-/// Messages read from the broker and not yet taken by the writer, at most. The broker's window of
-/// unacknowledged messages per client keeps the queue below this in normal operation.
-const QUEUE: usize = 4 * MAX_BATCH;
-/// Requests (acknowledgements, subscriptions, the birth message) queued for the event loop; room
-/// for every message the writer can hold, so acknowledging never waits on a full request queue.
-const REQUESTS: usize = QUEUE + (MAX_COMMITS + 1) * MAX_BATCH;
+/// Requests (acknowledgements, subscriptions, the birth message) queued for the event loop.
+const REQUESTS: usize = 4 * MAX_BATCH;
 /// Tries of a commit the database answered busy or unreachable, before the batch is left for
 /// redelivery.
 const COMMIT_TRIES: u32 = 4;
@@ -141,7 +137,10 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     net.set_connection_timeout(5);
     eventloop.set_network_options(net);
 
-    let (tx, rx) = flume::bounded::<Incoming>(QUEUE);
+    // Unbounded on purpose: what it holds is bounded by the broker's window of unacknowledged
+    // messages, and the event loop must never wait on the writer (while it waits, it sends none
+    // of the acknowledgements the writer queues, and the window never opens again).
+    let (tx, rx) = flume::unbounded::<Incoming>();
     let generation = Arc::new(AtomicU64::new(0));
     let reconnect = Arc::new(Notify::new());
     let metrics = pipeline.metrics.clone();
@@ -211,14 +210,11 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
                         }
                     }
                     let generation = reader_generation.load(Ordering::SeqCst);
-                    // Waits only when the writer is a full queue behind, which the broker's
-                    // window of unacknowledged messages normally prevents.
                     if tx
-                        .send_async(Incoming {
+                        .send(Incoming {
                             publish,
                             generation,
                         })
-                        .await
                         .is_err()
                     {
                         return;
