@@ -10,10 +10,16 @@
 //! - the service's CPU while the simulator runs the 250 sites at their real rate, and at ten times
 //!   it (the load model of DESIGN.md §5), on PostgreSQL.
 //!
-//! Run with `cargo bench --bench ingest`. `SPAZI_BENCH_SIM_SECS` (default 60) sets how long each
-//! simulator scenario is measured. `SPAZI_BENCH_MESSAGES` (default 200000) sets the
+//! The service's resident memory (`VmRSS`, sampled every 250 ms during each run, and `VmHWM`) is
+//! recorded throughout, and again after each run once the service has been idle.
+//!
+//! Run with `cargo bench --bench ingest`. `SPAZI_BENCH_SIM_SECS` (default 60; 0 skips them) sets
+//! how long each simulator scenario is measured. `SPAZI_BENCH_MESSAGES` (default 200000) sets the
 //! messages per run, `SPAZI_BENCH_RUNS` (default 3) the runs per scenario, `SPAZI_BENCH_PUBLISHERS`
-//! (default 2) the publishing connections. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
+//! (default 2) the publishing connections, `SPAZI_BENCH_IDLE_SECS` (default 30) how long the
+//! service idles before its idle memory is read, `SPAZI_BENCH_SQLITE` (default 1; 0 skips it) the
+//! SQLite scenario, `SPAZI_BENCH_EMBEDDED` (default 1; 0 skips it) the scenario where the service
+//! runs its embedded rumqttd and the publishers connect to it. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
 
 mod common;
 
@@ -61,20 +67,41 @@ fn device_topics() -> Vec<String> {
         .collect()
 }
 
-fn messages(topics: &[String], count: usize, seq_base: usize) -> Vec<(String, Vec<u8>)> {
-    let now = chrono::Utc::now().timestamp_millis();
-    (0..count)
-        .map(|i| {
-            let topic = &topics[i % topics.len()];
-            let seq = seq_base + i / topics.len();
-            let payload = format!(
-                r#"{{"v":1,"ts":{},"seq":{seq},"m":{{"p_w":{}}}}}"#,
-                now + (i / topics.len()) as i64,
-                (i % 5000) as f64 * 1.5
-            );
-            (topic.clone(), payload.into_bytes())
-        })
-        .collect()
+/// One run's messages, made as they are published: `count` power readings spread over the
+/// topics, each device with its own increasing `seq`.
+#[derive(Clone)]
+struct Messages {
+    topics: Arc<Vec<String>>,
+    count: usize,
+    seq_base: usize,
+    now: i64,
+}
+
+impl Messages {
+    fn new(topics: &Arc<Vec<String>>, count: usize, seq_base: usize) -> Messages {
+        Messages {
+            topics: topics.clone(),
+            count,
+            seq_base,
+            now: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn get(&self, i: usize) -> (String, Vec<u8>) {
+        let n = self.topics.len();
+        let topic = &self.topics[i % n];
+        let seq = self.seq_base + i / n;
+        let payload = format!(
+            r#"{{"v":1,"ts":{},"seq":{seq},"m":{{"p_w":{}}}}}"#,
+            self.now + (i / n) as i64,
+            (i % 5000) as f64 * 1.5
+        );
+        (topic.clone(), payload.into_bytes())
+    }
 }
 
 fn client(port: u16, id: &str, clean: bool) -> (AsyncClient, rumqttc::EventLoop) {
@@ -92,11 +119,7 @@ fn client(port: u16, id: &str, clean: bool) -> (AsyncClient, rumqttc::EventLoop)
 
 /// Publishes every message at QoS 1 over `publishers` connections; returns when the broker has
 /// acknowledged them all.
-async fn publish_all(
-    port: u16,
-    batch: Arc<Vec<(String, Vec<u8>)>>,
-    publishers: usize,
-) -> anyhow::Result<()> {
+async fn publish_all(port: u16, batch: Messages, publishers: usize) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for p in 0..publishers {
         let batch = batch.clone();
@@ -106,8 +129,7 @@ async fn publish_all(
                 &format!("bench-pub-{p}-{}", uuid::Uuid::new_v4().simple()),
                 true,
             );
-            let mine: Vec<_> = batch.iter().skip(p).step_by(publishers).cloned().collect();
-            let expected = mine.len() as u64;
+            let expected = (p..batch.len()).step_by(publishers).count() as u64;
             let acked = Arc::new(AtomicU64::new(0));
             let counter = acked.clone();
             let poller = tokio::spawn(async move {
@@ -126,7 +148,8 @@ async fn publish_all(
                     }
                 }
             });
-            for (topic, payload) in mine {
+            for i in (p..batch.len()).step_by(publishers) {
+                let (topic, payload) = batch.get(i);
                 client
                     .publish(topic, QoS::AtLeastOnce, false, payload)
                     .await?;
@@ -143,11 +166,7 @@ async fn publish_all(
 }
 
 /// The floor: one plain subscriber acknowledging as it reads.
-async fn floor(
-    port: u16,
-    batch: Arc<Vec<(String, Vec<u8>)>>,
-    publishers: usize,
-) -> anyhow::Result<f64> {
+async fn floor(port: u16, batch: Messages, publishers: usize) -> anyhow::Result<f64> {
     let (sub, mut eventloop) = client(
         port,
         &format!("bench-floor-{}", uuid::Uuid::new_v4().simple()),
@@ -185,14 +204,36 @@ struct Service {
     base: String,
 }
 
-fn start_service(database_url: &str, mqtt_port: u16, dir: &Path) -> anyhow::Result<Service> {
+/// The broker the service hears devices through.
+#[derive(Clone, Copy)]
+enum Broker {
+    /// The harness's Mosquitto on this port.
+    Mosquitto(u16),
+    /// rumqttd inside the service, listening on this port (`SPAZI_MQTT_URL=embedded`).
+    Embedded(u16),
+}
+
+impl Broker {
+    fn port(self) -> u16 {
+        match self {
+            Broker::Mosquitto(p) | Broker::Embedded(p) => p,
+        }
+    }
+}
+
+fn start_service(database_url: &str, broker: Broker, dir: &Path) -> anyhow::Result<Service> {
     let http = free_port()?;
+    let (mqtt_url, listen) = match broker {
+        Broker::Mosquitto(port) => (format!("mqtt://127.0.0.1:{port}"), String::new()),
+        Broker::Embedded(port) => ("embedded".to_owned(), format!("127.0.0.1:{port}")),
+    };
     let log = std::fs::File::create(dir.join(format!("service-{http}.log")))?;
     let child = Command::new(BIN)
         .arg("serve")
         .env("DATABASE_URL", database_url)
         .env("SPAZI_LISTEN", format!("127.0.0.1:{http}"))
-        .env("SPAZI_MQTT_URL", format!("mqtt://127.0.0.1:{mqtt_port}"))
+        .env("SPAZI_MQTT_URL", mqtt_url)
+        .env("SPAZI_MQTT_EMBEDDED_LISTEN", listen)
         .env("SPAZI_MQTT_CLIENT_ID", format!("spazi-bench-{http}"))
         .env(
             "SPAZI_JWT_SECRET",
@@ -261,15 +302,38 @@ struct Run {
     rate: f64,
     lag_median_ms: f64,
     lag_max_ms: f64,
+    /// `VmHWM` at the end of the run: the process's peak since it started.
     peak_mb: f64,
+    /// The highest and the median `VmRSS` sampled every 250 ms during the run.
+    rss_max_mb: f64,
+    rss_median_mb: f64,
+    /// `VmRSS` after the run, once the service has had `idle_secs` without traffic.
+    idle_mb: f64,
     cpu_share: f64,
+}
+
+/// Samples the process's `VmRSS` every 250 ms until `stop` is set.
+fn sample_rss(
+    pid: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            samples.push(memory_mb(pid).1);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        samples.push(memory_mb(pid).1);
+        samples
+    })
 }
 
 async fn service_run(
     service: &Service,
     port: u16,
-    batch: Arc<Vec<(String, Vec<u8>)>>,
+    batch: Messages,
     publishers: usize,
+    idle_secs: u64,
 ) -> anyhow::Result<Run> {
     let http = reqwest::Client::new();
     let before = metric(
@@ -281,6 +345,8 @@ async fn service_run(
     let target = before + batch.len() as f64;
     let pid = service.proc.0.id();
     let cpu0 = cpu_seconds(pid);
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_rss(pid, stop_sampling.clone());
     let started = Instant::now();
     let publishing = tokio::spawn(publish_all(port, batch, publishers));
     let mut lags = Vec::new();
@@ -295,9 +361,9 @@ async fn service_run(
         if stored >= target {
             break;
         }
-        if started.elapsed() > Duration::from_secs(600) {
+        if started.elapsed() > Duration::from_secs(3600) {
             bail!(
-                "only {} of {} rows committed after 10 minutes",
+                "only {} of {} rows committed after an hour",
                 stored - before,
                 target - before
             );
@@ -307,13 +373,22 @@ async fn service_run(
     let elapsed = started.elapsed();
     publishing.await??;
     let cpu = cpu_seconds(pid) - cpu0;
+    stop_sampling.store(true, Ordering::Relaxed);
+    let samples = sampler.await?;
+    let peak_mb = memory_mb(pid).0;
+    // Idle: no traffic; the roll-up and the other jobs keep their own pace.
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let idle_mb = memory_mb(pid).1;
     lags.sort_by(f64::total_cmp);
     let count = target - before;
     Ok(Run {
         rate: count / elapsed.as_secs_f64(),
         lag_median_ms: lags[lags.len() / 2],
         lag_max_ms: *lags.last().unwrap_or(&0.0),
-        peak_mb: memory_mb(pid).0,
+        peak_mb,
+        rss_max_mb: samples.iter().copied().fold(0.0, f64::max),
+        rss_median_mb: median(samples),
+        idle_mb,
         cpu_share: cpu / elapsed.as_secs_f64(),
     })
 }
@@ -376,12 +451,16 @@ async fn wait_connected(service: &Service) -> anyhow::Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let count = env_number("SPAZI_BENCH_MESSAGES", 200_000)? as usize;
+    let count = env_number("SPAZI_BENCH_MESSAGES", 200_000)?.max(1) as usize;
     let runs = env_number("SPAZI_BENCH_RUNS", 3)?.max(1) as usize;
     let publishers = env_number("SPAZI_BENCH_PUBLISHERS", 2)?.max(1) as usize;
+    let idle_secs = env_number("SPAZI_BENCH_IDLE_SECS", 30)?;
+    let sim_secs = env_number("SPAZI_BENCH_SIM_SECS", 60)?;
+    let with_sqlite = env_number("SPAZI_BENCH_SQLITE", 1)? != 0;
+    let with_embedded = env_number("SPAZI_BENCH_EMBEDDED", 1)? != 0;
     let dir = tempfile::tempdir()?;
     let (_broker, port) = start_mosquitto(dir.path())?;
-    let topics = device_topics();
+    let topics = Arc::new(device_topics());
     eprintln!(
         "{count} messages a run over {} devices, {runs} runs, {publishers} publishers",
         topics.len()
@@ -390,25 +469,44 @@ async fn main() -> anyhow::Result<()> {
     let mut floors = Vec::new();
     let mut seq = 0;
     for _ in 0..runs {
-        let batch = Arc::new(messages(&topics, count, seq));
+        let batch = Messages::new(&topics, count, seq);
         seq += count / topics.len() + 1;
         let r = floor(port, batch, publishers).await?;
         eprintln!("floor: {r:.0} msg/s");
         floors.push(r);
     }
 
-    let sim_secs = env_number("SPAZI_BENCH_SIM_SECS", 60)?.max(5);
     let pg = PgDatabase::create("spazi_bench_ingest")?;
     let sqlite_dir = tempfile::tempdir()?;
     let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("spazi.db").display());
+    let mut backends = vec![("PostgreSQL", pg.url(), Broker::Mosquitto(port))];
+    if with_sqlite {
+        backends.push(("SQLite", sqlite_url, Broker::Mosquitto(port)));
+    }
+    let pg_embedded = PgDatabase::create("spazi_bench_ingest_embedded")?;
+    if with_embedded {
+        // rumqttd takes the next port too (MQTT 5).
+        let mut embedded = free_port()?;
+        while std::net::TcpListener::bind(("127.0.0.1", embedded + 1)).is_err() {
+            embedded = free_port()?;
+        }
+        backends.push((
+            "PostgreSQL, embedded broker",
+            pg_embedded.url(),
+            Broker::Embedded(embedded),
+        ));
+    }
     let mut report = Vec::new();
     let mut simulated = Vec::new();
-    for (name, url) in [("PostgreSQL", pg.url()), ("SQLite", sqlite_url)] {
-        let service = start_service(&url, port, dir.path())?;
+    for (name, url, broker) in backends {
+        let service = start_service(&url, broker, dir.path())?;
+        let port = broker.port();
         wait_connected(&service).await?;
-        if name == "PostgreSQL" {
+        let start_mb = memory_mb(service.proc.0.id()).1;
+        eprintln!("{name}: service RSS {start_mb:.0} MB after start");
+        if matches!(broker, Broker::Mosquitto(_)) && name == "PostgreSQL" && sim_secs > 0 {
             for rate in [1.0, 10.0] {
-                let r = simulated_run(&service, port, &url, rate, sim_secs).await?;
+                let r = simulated_run(&service, port, &url, rate, sim_secs.max(5)).await?;
                 eprintln!(
                     "simulator at rate {rate}: {:.0} msg/s, service CPU {:.1}%, RSS {:.0} MB",
                     r.0,
@@ -420,46 +518,65 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut results = Vec::new();
         for _ in 0..runs {
-            let batch = Arc::new(messages(&topics, count, seq));
+            let batch = Messages::new(&topics, count, seq);
             seq += count / topics.len() + 1;
-            let r = service_run(&service, port, batch, publishers).await?;
+            let r = service_run(&service, port, batch, publishers, idle_secs).await?;
             eprintln!(
-                "{name}: {:.0} msg/s, lag median {:.0} ms max {:.0} ms, peak RSS {:.0} MB, CPU {:.0}%",
+                "{name}: {:.0} msg/s, lag median {:.0} ms max {:.0} ms, RSS max {:.0} MB median {:.0} MB \
+                 (VmHWM {:.0} MB), idle {:.0} MB, CPU {:.0}%",
                 r.rate,
                 r.lag_median_ms,
                 r.lag_max_ms,
+                r.rss_max_mb,
+                r.rss_median_mb,
                 r.peak_mb,
+                r.idle_mb,
                 r.cpu_share * 100.0
             );
             results.push(r);
         }
-        report.push((name, results));
+        report.push((name, start_mb, results));
     }
 
     let floor_median = median(floors.clone());
     println!("\n## Ingest, broker to committed rows, QoS 1 ({count} messages a run, medians of {runs})\n");
-    println!("| scenario | msg/s | ratio to the floor | lag median | lag max | peak RSS | CPU (of one core) |");
-    println!("|---|---|---|---|---|---|---|");
-    println!("| floor: Mosquitto to one plain subscriber | {floor_median:.0} | 1.00 | | | | |");
-    for (name, results) in &report {
+    println!(
+        "| scenario | msg/s | ratio to the floor | lag median | lag max | CPU (of one core) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!("| floor: Mosquitto to one plain subscriber | {floor_median:.0} | 1.00 | | | |");
+    for (name, _, results) in &report {
         let rate = median(results.iter().map(|r| r.rate).collect());
         println!(
-            "| service on {name} | {rate:.0} | {:.2} | {:.0} ms | {:.0} ms | {:.0} MB | {:.0}% |",
+            "| service on {name} | {rate:.0} | {:.2} | {:.0} ms | {:.0} ms | {:.0}% |",
             rate / floor_median,
             median(results.iter().map(|r| r.lag_median_ms).collect()),
             median(results.iter().map(|r| r.lag_max_ms).collect()),
-            results.iter().map(|r| r.peak_mb).fold(0.0, f64::max),
             median(results.iter().map(|r| r.cpu_share * 100.0).collect()),
         );
     }
-    println!("\n## The whole network simulated, on PostgreSQL ({sim_secs} s each, after the start-up burst)\n");
-    println!("| simulator rate | msg/s received | service CPU (of one core) | service RSS |");
-    println!("|---|---|---|---|");
-    for (rate, (msgs, cpu, rss)) in &simulated {
+    println!("\n## The service's resident memory (MB; the highest of the runs, idle after {idle_secs} s)\n");
+    println!("| service on | after start | RSS median during runs | RSS max sampled | VmHWM (peak) | idle after the last run |");
+    println!("|---|---|---|---|---|---|");
+    for (name, start_mb, results) in &report {
         println!(
-            "| {rate}× | {msgs:.0} | {:.1}% | {rss:.0} MB |",
-            cpu * 100.0
+            "| {name} | {start_mb:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            median(results.iter().map(|r| r.rss_median_mb).collect()),
+            results.iter().map(|r| r.rss_max_mb).fold(0.0, f64::max),
+            results.iter().map(|r| r.peak_mb).fold(0.0, f64::max),
+            results.last().map(|r| r.idle_mb).unwrap_or_default(),
         );
+    }
+    if !simulated.is_empty() {
+        println!("\n## The whole network simulated, on PostgreSQL ({sim_secs} s each, after the start-up burst)\n");
+        println!("| simulator rate | msg/s received | service CPU (of one core) | service RSS |");
+        println!("|---|---|---|---|");
+        for (rate, (msgs, cpu, rss)) in &simulated {
+            println!(
+                "| {rate}× | {msgs:.0} | {:.1}% | {rss:.0} MB |",
+                cpu * 100.0
+            );
+        }
     }
     Ok(())
 }

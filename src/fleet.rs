@@ -120,6 +120,22 @@ struct Inner {
 /// Quarters to recompute: `None` means every device.
 pub type Dirty = BTreeMap<i64, Option<HashSet<i32>>>;
 
+/// Devices marked one by one in a quarter, at most; beyond this the quarter is marked for every
+/// device, so the marks take a bounded amount of memory however many quarters late data touches
+/// (readings are accepted up to a week old: 672 quarters).
+pub const MAX_MARKED_PER_QUARTER: usize = 1024;
+
+/// Adds `nums` to the marks of quarter `q`.
+fn mark_in(dirty: &mut Dirty, q: i64, nums: impl IntoIterator<Item = i32>) {
+    let entry = dirty.entry(q).or_insert_with(|| Some(HashSet::new()));
+    if let Some(set) = entry {
+        set.extend(nums);
+        if set.len() > MAX_MARKED_PER_QUARTER {
+            *entry = None;
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Fleet {
     inner: RwLock<Inner>,
@@ -310,9 +326,7 @@ impl Fleet {
         if !quarters.is_empty() {
             let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
             for (q, nums) in quarters {
-                if let Some(set) = dirty.entry(q).or_insert_with(|| Some(HashSet::new())) {
-                    set.extend(nums);
-                }
+                mark_in(&mut dirty, q, nums);
             }
         }
         self.touch(touched);
@@ -347,12 +361,11 @@ impl Fleet {
             .insert(quarter, None);
     }
 
-    /// Marks a quarter for recomputation for some devices.
+    /// Marks a quarter for recomputation for some devices (for every device once more than
+    /// [`MAX_MARKED_PER_QUARTER`] are marked in it).
     pub fn mark(&self, quarter: i64, nums: impl IntoIterator<Item = i32>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = dirty.entry(quarter).or_insert_with(|| Some(HashSet::new())) {
-            set.extend(nums);
-        }
+        mark_in(&mut dirty, quarter, nums);
     }
 
     pub fn take_dirty(&self) -> Dirty {
@@ -408,4 +421,25 @@ impl Fleet {
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_with_many_marked_devices_is_marked_for_all() {
+        let fleet = Fleet::default();
+        fleet.mark(0, 0..10);
+        fleet.mark(QUARTER, 0..MAX_MARKED_PER_QUARTER as i32);
+        fleet.mark(QUARTER, [-1]);
+        let dirty = fleet.take_dirty();
+        assert_eq!(dirty[&0].as_ref().map(HashSet::len), Some(10));
+        assert_eq!(dirty[&QUARTER], None);
+        fleet.mark_all(0);
+        fleet.mark(0, [1, 2]);
+        assert_eq!(fleet.take_dirty()[&0], None, "all stays all");
+    }
+
+    const QUARTER: i64 = 15 * 60 * 1000;
 }

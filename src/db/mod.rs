@@ -58,6 +58,9 @@ pub enum DbError {
     Unavailable(String),
     #[error("database error: {0}")]
     Query(DieselError),
+    /// The closure run on a database thread panicked; its transaction did not commit.
+    #[error("database task panicked: {0}")]
+    Panicked(String),
 }
 
 impl From<DieselError> for DbError {

@@ -1,3 +1,5 @@
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -94,7 +96,11 @@ impl Db {
     {
         let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = reply_tx.send(f(conn));
+            let outcome = match panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
+                Ok(outcome) => outcome,
+                Err(payload) => Err(E::from(panicked(payload))),
+            };
+            let _ = reply_tx.send(outcome);
         });
         self.inner
             .jobs
@@ -128,16 +134,35 @@ impl Db {
     }
 }
 
+/// Takes jobs until the pool is dropped. A job's panic is caught where it runs (see [`Db::run`]);
+/// the connection it used goes back to the pool, which closes it instead of reusing it when the
+/// panic left a transaction open, so the next job gets a connection in a clean state.
 fn db_thread(pool: Pool<ConnectionManager<DbConnection>>, jobs: flume::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         match pool.get() {
-            Ok(mut conn) => job(&mut conn),
+            Ok(mut conn) => {
+                // Jobs built by `Db::run` never unwind; this keeps the thread alive regardless.
+                if panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                    tracing::error!("a database job panicked outside its closure");
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "database connection unavailable");
                 drop(job);
             }
         }
     }
+}
+
+/// The error a panicking closure answers with, carrying the panic's message.
+fn panicked(payload: Box<dyn Any + Send>) -> DbError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    tracing::error!(panic = %message, "a database closure panicked");
+    DbError::Panicked(message)
 }
 
 /// Accepts `sqlite://PATH`, `sqlite:PATH`, a bare path, or a PostgreSQL URL.

@@ -278,6 +278,17 @@ pub fn insert_batch(
     })
 }
 
+/// The devices with raw readings whose `minute` is in `[from, to)`, in number order.
+pub fn devices_between_minutes(conn: &mut DbConnection, from: i32, to: i32) -> DbResult<Vec<i32>> {
+    Ok(readings::table
+        .filter(readings::minute.ge(from))
+        .filter(readings::minute.lt(to))
+        .select(readings::device)
+        .distinct()
+        .order(readings::device)
+        .load(conn)?)
+}
+
 /// Raw readings of `devices` (all devices when empty) with `minute` in `[from, to)`.
 pub fn readings_between_minutes(
     conn: &mut DbConnection,

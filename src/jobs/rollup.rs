@@ -11,12 +11,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::telemetry::{mark_before, readings_between_minutes, upsert_rollups, RollupRow};
+use crate::db::telemetry::{
+    devices_between_minutes, mark_before, readings_between_minutes, upsert_rollups, RollupRow,
+};
 use crate::db::{Db, DbConnection, DbResult};
 use crate::domain::quarters::{roll_up, CounterMark, Sample, QUARTER_MS};
 use crate::domain::telemetry::Metric;
 use crate::fleet::Fleet;
 
+/// Devices whose raw readings of one quarter are read and rolled up in one step.
+const DEVICES_PER_STEP: usize = 64;
 /// How far back a start recomputes, for quarters whose marks were lost with the process.
 const CATCH_UP_MS: i64 = 2 * 3600 * 1000;
 
@@ -49,11 +53,7 @@ pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
     let mut written = 0;
     let mut ledger: HashMap<String, (i64, i64)> = HashMap::new();
     while let Some((q, devices)) = dirty.pop_first() {
-        let list: Vec<i32> = devices.iter().flatten().copied().collect();
-        let all = devices.is_none();
-        let outcome = db
-            .run(move |c| quarter(c, q, if all { &[] } else { &list }))
-            .await;
+        let outcome = roll_quarter(db, q, devices.as_ref()).await;
         match outcome {
             Ok((rows, counters)) => {
                 written += rows;
@@ -118,10 +118,44 @@ pub async fn pass(db: &Db, fleet: &Fleet) -> DbResult<usize> {
     Ok(written)
 }
 
-/// Rolls up one quarter for `devices` (all when empty). Returns the rows written and the
-/// devices that have counters in it.
+/// Rolls up one quarter for the marked devices (`None`: every device with readings in it), a few
+/// devices at a time, so the quarter's raw readings are never all in memory at once. Returns the
+/// rows written and the devices that have counters in it.
+async fn roll_quarter(
+    db: &Db,
+    q: i64,
+    devices: Option<&HashSet<i32>>,
+) -> DbResult<(usize, Vec<i32>)> {
+    let first_minute = (q / 60_000) as i32;
+    let list: Vec<i32> = match devices {
+        Some(set) => {
+            let mut list: Vec<i32> = set.iter().copied().collect();
+            list.sort_unstable();
+            list
+        }
+        None => {
+            db.run(move |c| devices_between_minutes(c, first_minute, first_minute + 15))
+                .await?
+        }
+    };
+    let mut rows = 0;
+    let mut counters = Vec::new();
+    for chunk in list.chunks(DEVICES_PER_STEP) {
+        let chunk = chunk.to_vec();
+        let (n, found) = db.run(move |c| quarter(c, q, &chunk)).await?;
+        rows += n;
+        counters.extend(found);
+    }
+    Ok((rows, counters))
+}
+
+/// Rolls up one quarter for `devices`. Returns the rows written and the devices that have
+/// counters in it.
 fn quarter(conn: &mut DbConnection, q: i64, devices: &[i32]) -> DbResult<(usize, Vec<i32>)> {
     let first_minute = (q / 60_000) as i32;
+    if devices.is_empty() {
+        return Ok((0, Vec::new()));
+    }
     let raw = readings_between_minutes(conn, first_minute, first_minute + 15, devices)?;
     let mut by_device: HashMap<i32, Vec<Sample>> = HashMap::new();
     for r in raw {

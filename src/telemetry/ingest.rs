@@ -4,12 +4,17 @@
 //! The event loop task only reads the network and forwards publishes; it never waits on the
 //! database or the writer, so the acknowledgements the writer queues are always sent. What waits
 //! for the writer is bounded by the broker's window of unacknowledged messages per client
-//! (`max_inflight_messages` in Mosquitto, `max_inflight_count` in rumqttd). The writer drains what has arrived (up to [`MAX_BATCH`]), decodes it against the
-//! contract, writes readings and events in one transaction (idempotent on `(device, seq)`), then
-//! updates the fleet and acknowledges the batch in arrival order. A crash before the commit
-//! leaves the messages unacknowledged, so the broker delivers them again; a crash after the
-//! commit but before the acknowledgements makes the broker redeliver messages that the
-//! primary key then absorbs.
+//! (`max_inflight_messages` in Mosquitto, `max_inflight_count` in rumqttd). The writer drains what has
+//! arrived (up to [`MAX_BATCH`]), decodes it against the contract, writes readings and events in
+//! one transaction (idempotent on `(minute, device, metric, seq)`), then updates the fleet and
+//! acknowledges the batch in arrival order.
+//!
+//! A batch is acknowledged only after its commit returned success. A commit that failed or
+//! panicked leaves the batch unacknowledged: the writer stops acknowledging on that connection
+//! and the event loop drops it, so the broker delivers the session's unacknowledged messages
+//! again on the reconnect, and the key absorbs whatever part of them was stored. A crash before
+//! the commit likewise leaves the messages unacknowledged; a crash after the commit but before
+//! the acknowledgements makes the broker redeliver messages that the key then absorbs.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, Publish, QoS};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::db::telemetry::{insert_batch, learn_device, EventRow, NewDevice, ReadingRow, Stored};
@@ -37,6 +43,14 @@ pub const MAX_BATCH: usize = 5_000;
 /// Batches committing at once. They are finished (fleet updated, messages acknowledged) in the
 /// order they arrived, whatever order their commits end in.
 const MAX_COMMITS: usize = 3;
+/// Requests (acknowledgements, subscriptions, the birth message) queued for the event loop.
+const REQUESTS: usize = 4 * MAX_BATCH;
+/// Tries of a commit the database answered busy or unreachable, before the batch is left for
+/// redelivery.
+const COMMIT_TRIES: u32 = 4;
+/// The pause before reconnecting after a failed batch, doubled while batches keep failing.
+const FIRST_FAILURE_DELAY: Duration = Duration::from_millis(100);
+const MAX_FAILURE_DELAY: Duration = Duration::from_secs(5);
 /// The service's own birth and last will.
 pub const SERVER_STATUS_TOPIC: &str = "spazi/v1/_server/status";
 
@@ -90,6 +104,13 @@ struct Incoming {
     generation: u64,
 }
 
+/// A batch whose commit is running: the commit, the decoded batch and its messages.
+type InFlight = (
+    JoinHandle<Result<Stored, DbError>>,
+    Arc<Batch>,
+    Vec<Incoming>,
+);
+
 /// Starts the consumer; it runs until the process ends, reconnecting with bounded backoff.
 pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     let mut mqtt = MqttOptions::new(
@@ -101,7 +122,7 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_max_packet_size(1 << 20, 1 << 20)
-        .set_request_channel_capacity(4 * MAX_BATCH)
+        .set_request_channel_capacity(REQUESTS)
         .set_last_will(LastWill::new(
             SERVER_STATUS_TOPIC,
             r#"{"v":1,"online":false}"#,
@@ -111,17 +132,22 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     if let Some(user) = &options.username {
         mqtt.set_credentials(user.clone(), options.password.clone().unwrap_or_default());
     }
-    let (client, mut eventloop) = AsyncClient::new(mqtt, 4 * MAX_BATCH);
+    let (client, mut eventloop) = AsyncClient::new(mqtt, REQUESTS);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(5);
     eventloop.set_network_options(net);
 
+    // Unbounded on purpose: what it holds is bounded by the broker's window of unacknowledged
+    // messages, and the event loop must never wait on the writer (while it waits, it sends none
+    // of the acknowledgements the writer queues, and the window never opens again).
     let (tx, rx) = flume::unbounded::<Incoming>();
     let generation = Arc::new(AtomicU64::new(0));
+    let reconnect = Arc::new(Notify::new());
     let metrics = pipeline.metrics.clone();
     let reader_client = client.clone();
     let reader_generation = generation.clone();
+    let reader_reconnect = reconnect.clone();
     let filters = subscriptions(options.shared);
     let endpoint = format!("{}:{}", options.host, options.port);
     let doors = pipeline.doors.clone();
@@ -129,7 +155,18 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
         let mut backoff = Duration::from_millis(100);
         let mut errors = RateLimited::new(Duration::from_secs(30), 3);
         loop {
-            match eventloop.poll().await {
+            let event = tokio::select! {
+                event = eventloop.poll() => event,
+                () = reader_reconnect.notified() => {
+                    // The writer could not commit a batch: drop the connection without
+                    // acknowledging it, so the broker delivers the session's unacknowledged
+                    // messages again when the consumer reconnects.
+                    metrics.telemetry.connected.store(0, Ordering::Relaxed);
+                    eventloop.clean();
+                    continue;
+                }
+            };
+            match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
                     let g = reader_generation.fetch_add(1, Ordering::SeqCst) + 1;
@@ -200,8 +237,8 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     tokio::spawn(async move {
         let mut writer = Writer::new(pipeline);
         // Commits in flight, oldest first; they finish (fleet, acknowledgements) in this order.
-        let mut pending: VecDeque<(JoinHandle<Stored>, Arc<Batch>, Vec<Incoming>)> =
-            VecDeque::new();
+        let mut pending: VecDeque<InFlight> = VecDeque::new();
+        let mut failure_delay = FIRST_FAILURE_DELAY;
         loop {
             let first = if pending.is_empty() {
                 match rx.recv_async().await {
@@ -230,8 +267,35 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
             let Some((commit, prepared, batch)) = pending.pop_front() else {
                 continue;
             };
-            let stored = commit.await.unwrap_or_default();
-            writer.finish(&prepared, stored);
+            let failure = match commit.await {
+                Ok(Ok(stored)) => {
+                    writer.finish(&prepared, stored);
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("the commit task failed: {e}")),
+            };
+            if let Some(error) = failure {
+                writer
+                    .p
+                    .metrics
+                    .telemetry
+                    .batch_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    %error,
+                    messages = batch.len(),
+                    "telemetry batch not committed; left unacknowledged for redelivery"
+                );
+                // No acknowledgement of this connection is sent from now on (later batches are
+                // delivered again too, and their keys absorb them); the reader reconnects.
+                generation.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(failure_delay).await;
+                failure_delay = (failure_delay * 2).min(MAX_FAILURE_DELAY);
+                reconnect.notify_one();
+                continue;
+            }
+            failure_delay = FIRST_FAILURE_DELAY;
             let current = generation.load(Ordering::SeqCst);
             for m in &batch {
                 // An acknowledgement belongs to the connection that delivered the message; after
@@ -560,32 +624,35 @@ impl Writer {
     }
 }
 
-/// Commits a batch, retrying while the database is unreachable. A batch the database refuses
-/// outright is written message by message, so one bad row cannot hold the rest.
-async fn commit(p: Pipeline, d: Arc<Batch>) -> Stored {
+/// Commits a batch. A database that answers busy or unreachable is tried again a few times; a
+/// batch whose rows the database refuses as data is written message by message, so one bad row
+/// cannot hold the rest. Any other failure (and a panic) is returned: the writer then leaves the
+/// batch unacknowledged, and the broker delivers it again.
+async fn commit(p: Pipeline, d: Arc<Batch>) -> Result<Stored, DbError> {
     if d.rows.is_empty() && d.events.is_empty() {
-        return Stored::default();
+        return Ok(Stored::default());
     }
     let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
     loop {
+        tries += 1;
         let batch = d.clone();
         match p
             .db
             .run(move |c| insert_batch(c, &batch.rows, &batch.events))
             .await
         {
-            Ok(stored) => return stored,
-            Err(e @ (DbError::Unavailable(_) | DbError::Busy(_))) => {
+            Ok(stored) => return Ok(stored),
+            Err(e) if is_transient(&e) && tries < COMMIT_TRIES => {
                 p.metrics
                     .telemetry
                     .batch_failures
                     .fetch_add(1, Ordering::Relaxed);
-                // The delay doubles up to 5 s, which bounds how often this is logged.
                 tracing::warn!(error = %e, "telemetry batch not committed; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay *= 2;
             }
-            Err(e) => {
+            Err(e) if refuses_data(&e) => {
                 p.metrics
                     .telemetry
                     .batch_failures
@@ -593,11 +660,35 @@ async fn commit(p: Pipeline, d: Arc<Batch>) -> Stored {
                 tracing::error!(error = %e, "telemetry batch refused; writing it row by row");
                 return commit_one_by_one(&p, &d).await;
             }
+            Err(e) => return Err(e),
         }
     }
 }
 
-async fn commit_one_by_one(p: &Pipeline, d: &Batch) -> Stored {
+/// The database may answer differently when asked again.
+fn is_transient(e: &DbError) -> bool {
+    matches!(e, DbError::Unavailable(_) | DbError::Busy(_))
+}
+
+/// The database refused the rows themselves; asking again with the same rows cannot succeed.
+fn refuses_data(e: &DbError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        DbError::InvalidText(_) => true,
+        DbError::Query(Error::DatabaseError(kind, _)) => matches!(
+            kind,
+            DatabaseErrorKind::CheckViolation
+                | DatabaseErrorKind::NotNullViolation
+                | DatabaseErrorKind::ForeignKeyViolation
+        ),
+        _ => false,
+    }
+}
+
+/// Writes a refused batch one row at a time. A row refused as data is counted and dropped (its
+/// message is acknowledged with the batch); any other failure fails the whole batch, whose
+/// stored rows the key then absorbs on redelivery.
+async fn commit_one_by_one(p: &Pipeline, d: &Batch) -> Result<Stored, DbError> {
     let mut total = Stored::default();
     let refused = |what: &str, e: DbError| {
         p.metrics.telemetry.rejected[Reject::Schema.index()].fetch_add(1, Ordering::Relaxed);
@@ -607,15 +698,17 @@ async fn commit_one_by_one(p: &Pipeline, d: &Batch) -> Stored {
         let r = [*row];
         match p.db.run(move |c| insert_batch(c, &r, &[])).await {
             Ok(s) => total.readings += s.readings,
-            Err(e) => refused("reading", e),
+            Err(e) if refuses_data(&e) => refused("reading", e),
+            Err(e) => return Err(e),
         }
     }
     for ev in &d.events {
         let e = [ev.clone()];
         match p.db.run(move |c| insert_batch(c, &[], &e)).await {
             Ok(s) => total.events += s.events,
-            Err(e) => refused("event", e),
+            Err(e) if refuses_data(&e) => refused("event", e),
+            Err(e) => return Err(e),
         }
     }
-    total
+    Ok(total)
 }

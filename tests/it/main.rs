@@ -14,6 +14,7 @@ mod crash;
 mod dst;
 mod email;
 mod energy;
+mod ingest_redelivery;
 mod mosquitto;
 mod network;
 mod ops;
