@@ -15,6 +15,7 @@ mod email;
 mod energy;
 mod mosquitto;
 mod network;
+mod openapi;
 mod ops;
 mod simulator;
 mod telemetry;
