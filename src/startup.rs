@@ -11,8 +11,8 @@ use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
-use crate::api::error::framework_problem;
-use crate::api::extract::MAX_BODY;
+use crate::api::error::{framework_problem, method_not_allowed, with_request_id};
+use crate::api::extract::{RequestId, MAX_BODY, REQUEST_ID};
 use crate::api::state::AppState;
 use crate::api::tokens::TokenKeys;
 use crate::config::{Config, MqttConfig};
@@ -140,12 +140,22 @@ impl Application {
                 .wrap(ErrorHandlers::new().default_handler(problem_for_framework_errors))
                 .wrap_fn(|req, srv| {
                     use actix_web::dev::Service;
+                    use actix_web::HttpMessage;
+                    use tracing::Instrument;
                     let started = Instant::now();
                     let method = req.method().to_string();
+                    let request_id = RequestId::of(req.headers());
+                    req.extensions_mut().insert(request_id.clone());
+                    let span = tracing::info_span!(
+                        "request",
+                        %method,
+                        path = %req.path(),
+                        request_id = %request_id.0,
+                    );
                     let metrics = req
                         .app_data::<web::Data<AppState>>()
                         .map(|s| s.metrics.clone());
-                    let fut = srv.call(req);
+                    let fut = span.in_scope(|| srv.call(req));
                     async move {
                         let res = fut.await?;
                         let route = res
@@ -158,12 +168,19 @@ impl Application {
                             m.observe(&method, &route, status, secs);
                         }
                         tracing::debug!(%method, %route, status, ms = secs * 1000.0, "request");
-                        Ok(res)
+                        tag_request_id(res, &request_id.0).await
                     }
+                    .instrument(span)
                 })
                 .configure(crate::api::routes)
-                .default_service(web::to(|| async {
-                    framework_problem(actix_web::http::StatusCode::NOT_FOUND, "no such route")
+                .default_service(web::to(|req: actix_web::HttpRequest| async move {
+                    match crate::api::openapi::allowed_methods(req.path()) {
+                        Some(allowed) => method_not_allowed(&allowed),
+                        None => framework_problem(
+                            actix_web::http::StatusCode::NOT_FOUND,
+                            "no such route",
+                        ),
+                    }
                 }))
         })
         .listen(listener)?
@@ -184,6 +201,37 @@ impl Application {
 fn display_addr(listen: &str, port: u16) -> String {
     let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
     format!("{host}:{port}")
+}
+
+/// Echoes the request id in `X-Request-Id` and, in problem details, as `request_id`.
+async fn tag_request_id<B>(
+    res: ServiceResponse<B>,
+    request_id: &str,
+) -> actix_web::Result<ServiceResponse<BoxBody>>
+where
+    B: MessageBody + 'static,
+{
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    let mut res = if is_problem {
+        let (req, res) = res.into_parts();
+        let (res, body) = res.into_parts();
+        let bytes = actix_web::body::to_bytes(body)
+            .await
+            .map_err(|_| actix_web::error::ErrorInternalServerError("unreadable response"))?;
+        let tagged = with_request_id(&bytes, request_id).unwrap_or_else(|| bytes.to_vec());
+        ServiceResponse::new(req, res.set_body(BoxBody::new(tagged)))
+    } else {
+        res.map_into_boxed_body()
+    };
+    if let Ok(value) = header::HeaderValue::from_str(request_id) {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static(REQUEST_ID), value);
+    }
+    Ok(res)
 }
 
 /// Turns actix's own plain-text errors (bad method, unmatched path) into problem details.

@@ -45,6 +45,9 @@ pub struct Problem {
     pub code: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// The request's `X-Request-Id`, to quote when reporting a problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ApiError {
@@ -91,6 +94,7 @@ impl ApiError {
                 ApiError::Validation(e) => e.clone(),
                 _ => Vec::new(),
             },
+            request_id: None,
         }
     }
 }
@@ -192,4 +196,26 @@ pub fn framework_problem(status: StatusCode, detail: &str) -> HttpResponse {
             })
             .to_string(),
         )
+}
+
+/// Adds `request_id` to a problem details body; any other body is returned unchanged.
+pub fn with_request_id(body: &[u8], request_id: &str) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .as_object_mut()?
+        .insert("request_id".into(), request_id.into());
+    serde_json::to_vec(&value).ok()
+}
+
+/// A 405 for a known path, naming the methods it has in `Allow`.
+pub fn method_not_allowed(allowed: &[&str]) -> HttpResponse {
+    let allow = allowed.join(", ");
+    let mut res = framework_problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("this path answers only {allow}"),
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(header::ALLOW, value);
+    }
+    res
 }

@@ -69,6 +69,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<(T, serde_json::Va
     if !value.is_object() {
         return Err(ApiError::field("body", "must be a JSON object"));
     }
+    let value = integral_numbers(value);
     if let Some(path) = nul_path(&value, String::new()) {
         return Err(ApiError::field(&path, "must not contain NUL characters"));
     }
@@ -93,6 +94,27 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<(T, serde_json::Va
         ApiError::Validation(vec![FieldError::new(field, message)])
     })?;
     Ok((parsed, value))
+}
+
+/// JSON has one number type: `5.0` is the integer 5 (as JSON Schema's `integer` says), so a
+/// float without a fraction is read as an integer wherever one is expected.
+fn integral_numbers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                Value::Number((f as i64).into())
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integral_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, integral_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// The path of the first string (key or value) holding a NUL, which PostgreSQL cannot store.
@@ -283,5 +305,43 @@ impl FromRequest for Auth {
                 session_id: claims.sid,
             })
         })
+    }
+}
+
+/// The id of the request being served: the client's `X-Request-Id` when it is sane (1 to 128
+/// characters of letters, digits and `-_.:`), else a new UUID. Echoed in the response header
+/// and as `request_id` in problem details.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+impl RequestId {
+    pub fn of(headers: &header::HeaderMap) -> RequestId {
+        let given = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| {
+                (1..=128).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            });
+        RequestId(given.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string))
+    }
+}
+
+impl FromRequest for RequestId {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        use actix_web::HttpMessage;
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId::of(req.headers()));
+        std::future::ready(Ok(id))
     }
 }

@@ -24,7 +24,6 @@ pub mod utilisation;
 pub mod views;
 
 use actix_web::web;
-use utoipa::OpenApi;
 
 /// Every route of the service, in one place.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -35,7 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/docs", web::get().to(pages::docs_redirect))
         .service(
             utoipa_swagger_ui::SwaggerUi::new("/api/docs/{_:.*}")
-                .url("/api/v1/openapi.json", openapi::ApiDoc::openapi()),
+                .external_url_unchecked("/api/v1/openapi.json", openapi::document()),
         )
         .service(
             web::scope("/api/v1")

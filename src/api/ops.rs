@@ -8,7 +8,9 @@ use actix_web::{web, HttpResponse};
 use super::state::AppState;
 use crate::db::{self, outbox};
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "the process is up", content_type = "application/json",
+               example = json!({"status": "ok"}))))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
@@ -134,7 +136,13 @@ fn jobs_check(state: &AppState) -> (serde_json::Value, bool) {
     )
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "the database and the broker answer", content_type = "application/json",
+               example = json!({"status": "ok", "checks": {"database": {"status": "ok"}, "mqtt": {"status": "ok"}, "mail": {"status": "ok", "backlog": 0, "oldest_due_seconds": 0.0}, "jobs": {"status": "ok"}}})),
+              (status = 503, description = "a dependency does not answer (not problem details: the same report)",
+               content_type = "application/json",
+               example = json!({"status": "unavailable", "checks": {"database": {"status": "ok"},
+                   "mqtt": {"status": "unavailable", "detail": "connection refused"}}}))))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (db, mqtt, backlog) = tokio::join!(
         database_ready(&state),
@@ -164,7 +172,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String,
+               example = "# HELP spazi_outbox_pending Queued emails not yet sent.\n# TYPE spazi_outbox_pending gauge\nspazi_outbox_pending 0\n")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let pending = state.db.run(outbox::pending).await.unwrap_or(-1);
     let backlog = mail_backlog(&state).await;

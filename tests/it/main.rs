@@ -17,6 +17,7 @@ mod energy;
 mod ingest_redelivery;
 mod mosquitto;
 mod network;
+mod openapi;
 mod ops;
 mod resilience;
 mod simulator;
