@@ -50,6 +50,7 @@ pub fn prepare_database(url: &str) -> anyhow::Result<Db> {
     let added = db.run_blocking(|c| network::seed(c, &generate(DEFAULT_SEED)))?;
     if added > 0 {
         tracing::info!(sites = added, "network seeded");
+        db.run_blocking(crate::db::maintenance::analyze_all)?;
     }
     Ok(db)
 }
@@ -120,6 +121,7 @@ impl Application {
             Duration::from_secs(60),
         ));
         tokio::spawn(refresh_directory(state.clone()));
+        tokio::spawn(crate::jobs::analyze::Analyze::new(db.clone()).run());
 
         let listener = TcpListener::bind(&config.listen)
             .with_context(|| format!("binding SPAZI_LISTEN {}", config.listen))?;
