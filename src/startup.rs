@@ -50,7 +50,6 @@ pub fn prepare_database(url: &str) -> anyhow::Result<Db> {
     let added = db.run_blocking(|c| network::seed(c, &generate(DEFAULT_SEED)))?;
     if added > 0 {
         tracing::info!(sites = added, "network seeded");
-        db.run_blocking(crate::db::maintenance::analyze_all)?;
     }
     Ok(db)
 }

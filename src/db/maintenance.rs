@@ -33,7 +33,9 @@ struct Table {
 /// The service's tables past `threshold`, as quoted identifiers; none on SQLite.
 ///
 /// A table never analyzed counts as empty, so it is analyzed once it holds more than `base`
-/// changed rows.
+/// changed rows. An empty table is left unanalyzed on purpose: statistics saying "no rows" make
+/// PostgreSQL cache sequential-scan plans that stay while the table grows, whereas without
+/// statistics it estimates from the table's current size.
 pub fn stale_tables(conn: &mut DbConnection, threshold: Threshold) -> Result<Vec<String>, DbError> {
     let DbConnection::Postgresql(c) = conn else {
         return Ok(Vec::new());
@@ -65,10 +67,22 @@ pub fn analyze_stale(
     Ok(tables)
 }
 
-/// Analyzes every table of the database (after seeding it); nothing on SQLite.
-pub fn analyze_all(conn: &mut DbConnection) -> Result<(), DbError> {
+/// Analyzes every table of the database that holds rows (after seeding it), leaving the empty
+/// ones without statistics for the reason given at [`stale_tables`]; nothing on SQLite.
+pub fn analyze_filled(conn: &mut DbConnection) -> Result<(), DbError> {
     if let DbConnection::Postgresql(c) = conn {
-        diesel::sql_query("ANALYZE").execute(c)?;
+        diesel::sql_query(
+            "DO $$ \
+             DECLARE t text; filled boolean; \
+             BEGIN \
+               FOR t IN SELECT quote_ident(tablename) FROM pg_tables \
+                        WHERE schemaname = current_schema() ORDER BY tablename LOOP \
+                 EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t) INTO filled; \
+                 IF filled THEN EXECUTE 'ANALYZE ' || t; END IF; \
+               END LOOP; \
+             END $$",
+        )
+        .execute(c)?;
     }
     Ok(())
 }

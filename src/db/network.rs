@@ -30,10 +30,9 @@ pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<usize> {
         .collect();
     added += super::telemetry::seed_devices(conn, &devices)?;
     if added > 0 {
-        // Fresh statistics, so the planner uses the right indexes from the first request.
-        if let DbConnection::Postgresql(c) = conn {
-            diesel::sql_query("ANALYZE").execute(c)?;
-        }
+        // Fresh statistics for what was seeded, so the planner uses the right indexes from the
+        // first request; the empty tables are left to the analyze job.
+        super::maintenance::analyze_filled(conn)?;
     }
     Ok(added)
 }

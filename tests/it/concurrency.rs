@@ -444,3 +444,72 @@ on_both!(
         assert_eq!(shared, 0);
     }
 );
+
+on_both!(
+    the_service_keeps_planner_statistics_itself,
+    |backend| async move {
+        use chrono::{Duration, Utc};
+        use spazi::db::maintenance::Threshold;
+        use spazi::jobs::analyze;
+        let app = spawn(backend).await;
+        let reltuples = |table: &str| {
+            app.count(&format!(
+                "SELECT CAST(reltuples AS BIGINT) AS n FROM pg_class WHERE relname = '{table}'"
+            ))
+        };
+        if backend == crate::helpers::Backend::Postgres {
+            // What the service seeded is analyzed; the empty bookings table is not.
+            assert!(
+                reltuples("resources") > 10_000,
+                "{}",
+                reltuples("resources")
+            );
+            let never = app.count(
+                "SELECT COUNT(*) AS n FROM pg_stat_user_tables \
+                 WHERE relname = 'bookings' AND last_analyze IS NULL",
+            );
+            assert_eq!(never, 1, "the empty bookings table was analyzed");
+        }
+        let (site, _) = app.open_day("large", 2);
+        let (_, desks) = app
+            .get_json(
+                &format!("/api/v1/sites/{site}/resources?kind=desk&limit=50"),
+                None,
+            )
+            .await;
+        let m = app.user(Role::Member, None, &[]).await;
+        let start = Utc::now() + Duration::days(2);
+        for i in 0..60 {
+            let desk = desks["items"][i % 50]["id"].as_str().unwrap();
+            let from = start + Duration::hours((i / 50) as i64);
+            app.store_booking(&m, None, desk, from, from + Duration::minutes(30), 0)
+                .await;
+        }
+        let mut analyzed = Vec::new();
+        for _ in 0..50 {
+            analyzed = analyze::pass(&app.state.db, Threshold::default())
+                .await
+                .unwrap();
+            if !analyzed.is_empty() || backend == crate::helpers::Backend::Sqlite {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        match backend {
+            crate::helpers::Backend::Sqlite => assert!(analyzed.is_empty(), "{analyzed:?}"),
+            crate::helpers::Backend::Postgres => {
+                assert!(analyzed.contains(&"bookings".to_string()), "{analyzed:?}");
+                assert!(
+                    analyzed.contains(&"access_credentials".to_string()),
+                    "{analyzed:?}"
+                );
+                assert_eq!(reltuples("bookings"), 60);
+                // Analyzed tables are left alone until they change again by 50 + 10 %.
+                let again = analyze::pass(&app.state.db, Threshold::default())
+                    .await
+                    .unwrap();
+                assert!(!again.contains(&"bookings".to_string()), "{again:?}");
+            }
+        }
+    }
+);
