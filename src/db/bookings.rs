@@ -56,7 +56,8 @@ pub const CREATE_ATTEMPTS: u32 = 4;
 /// Stores a booking with its door credential, charges the allowance and queues its email, all or
 /// nothing. Returns the credential as issued (its PIN is the first candidate free at the site).
 ///
-/// Contenders for one resource are serialized before anything is written: on PostgreSQL by a
+/// A booking that overlaps one already committed is refused before any lock is taken. Contenders
+/// for one resource are serialized before anything is written: on PostgreSQL by a
 /// transaction-scoped advisory lock on the resource, on SQLite by the write lock
 /// ([`write_transaction`]). A transaction that still loses a deadlock or a serialization check
 /// is run again from the start, up to [`CREATE_ATTEMPTS`] times, so `mail` may be called more
@@ -68,6 +69,9 @@ pub fn create(
     credential: &NewCredential,
     mail: impl Fn(&CredentialRow) -> OutboxRow,
 ) -> Result<CredentialRow, BookingWriteError> {
+    if already_taken(conn, booking)? {
+        return Err(BookingWriteError::Overlap);
+    }
     let mut attempt = 1;
     loop {
         let outcome = write_transaction(conn, |conn| {
@@ -97,6 +101,23 @@ pub fn create(
             other => return other,
         }
     }
+}
+
+/// Whether a committed active booking already overlaps `booking`: read without any lock, so the
+/// losers of a race answer at once instead of queueing for the lock one after the other. The
+/// constraint still decides the cases this read cannot see.
+fn already_taken(conn: &mut DbConnection, booking: &Booking) -> Result<bool, BookingWriteError> {
+    let (from, to) = (booking.starts_at, booking.ends_at);
+    Ok(bookings::table
+        .filter(bookings::resource_id.eq(&booking.resource_id))
+        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+        .filter(bookings::starts_at.lt(to))
+        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
+        .filter(bookings::ends_at.gt(from))
+        .select(bookings::id)
+        .first::<String>(conn)
+        .optional()?
+        .is_some())
 }
 
 /// The advisory-lock class of bookings' resources (the first key of the two-key form).
