@@ -3,7 +3,9 @@
 //!
 //! Run with `cargo bench --bench load`. `SPAZI_BENCH_SECS` (default 10) sets how long each
 //! scenario is measured, `SPAZI_BENCH_CONCURRENCY` (default 32) how many clients run at once,
-//! `SPAZI_BENCH_ANALYZE=0` skips the ANALYZE after setup and between writes and reads.
+//! `SPAZI_BENCH_FULL_BOOKINGS` (default 50,000) how many future bookings the full site of
+//! scenario e holds before it is measured. The harness never runs ANALYZE: the database is left
+//! to the service, as in production with autovacuum off.
 //! Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust); sends traffic only to 127.0.0.1.
 
 mod common;
@@ -27,7 +29,8 @@ use serde_json::{json, Value};
 use spazi::api::state::AppState;
 use spazi::cli::{create_account, NewAccount};
 use spazi::config::{Config, MqttConfig};
-use spazi::db::models::{OutboxRow, Resource};
+use spazi::db::access::NewCredential;
+use spazi::db::models::{Booking, OutboxRow, Resource};
 use spazi::db::network::SiteEntry;
 use spazi::db::schema::{bookings, outbox, resources};
 use spazi::db::{naive, write_transaction, DbConnection, DbError};
@@ -50,9 +53,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 struct Settings {
     secs: u64,
     concurrency: usize,
-    /// Whether to ANALYZE after setup and again between the write and the read scenarios.
-    analyze: bool,
+    /// Future bookings stored at the full site before scenario e.
+    full_bookings: u64,
 }
+
+/// Alternating measurements of the empty and the full site in scenario e.
+const E_ROUNDS: usize = 3;
+/// Bookings stored at once while the full site is filled.
+const FILL_CONCURRENCY: usize = 8;
 
 fn postgres_version() -> String {
     #[derive(QueryableByName)]
@@ -116,6 +124,14 @@ struct Site {
 }
 
 impl Site {
+    fn clone_of(&self) -> Site {
+        Site {
+            entry: self.entry.clone(),
+            desks: self.desks.clone(),
+            days: self.days.clone(),
+        }
+    }
+
     /// The hour starting at `hour` local time on `day`, if the policy accepts it for a desk now.
     fn hour(&self, day: NaiveDate, hour: u32) -> Option<TimeRange> {
         let tz: Tz = self.entry.tz;
@@ -374,20 +390,6 @@ async fn measure(name: &str, op: &Op, settings: &Settings) -> Outcome {
     outcome
 }
 
-/// Gathers the planner statistics that autovacuum keeps current in a database that has been up a
-/// while; without them the availability query probes bookings through the wrong index.
-async fn analyze(state: &AppState) -> anyhow::Result<()> {
-    Ok(state
-        .db
-        .run(|c| {
-            diesel::sql_query("ANALYZE")
-                .execute(c)
-                .map(|_| ())
-                .map_err(DbError::from)
-        })
-        .await?)
-}
-
 /// Booking mail the outbox mailer has not sent yet (the floor's rows are due in ten years).
 async fn mail_backlog(state: &AppState) -> anyhow::Result<i64> {
     Ok(state
@@ -644,6 +646,118 @@ struct Report {
     create: Outcome,
     stored_bookings: i64,
     drain: Drain,
+    full: FullSite,
+}
+
+/// Scenario e: booking creation at a site holding many future bookings beside an empty one.
+struct FullSite {
+    /// Future bookings at the full site when its measurement started.
+    held: i64,
+    fill_took: Duration,
+    empty: Vec<Outcome>,
+    full: Vec<Outcome>,
+}
+
+impl FullSite {
+    fn median_rate(outcomes: &[Outcome]) -> f64 {
+        let mut rates: Vec<f64> = outcomes.iter().map(Outcome::rate).collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    fn median_p50(outcomes: &[Outcome]) -> f64 {
+        let mut p: Vec<f64> = outcomes.iter().map(|o| o.percentile_ms(50.0)).collect();
+        p.sort_by(f64::total_cmp);
+        p.get(p.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// Stores `count` future bookings at the slots of `slots`, each with its door credential and its
+/// (already sent) confirmation mail, through the same storage function the booking endpoint uses.
+async fn fill_site(
+    state: &AppState,
+    slots: Arc<Slots>,
+    user_id: String,
+    count: u64,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let left = Arc::new(AtomicU64::new(count));
+    let workers: Vec<_> = (0..FILL_CONCURRENCY)
+        .map(|_| {
+            let (db, slots, left, user_id) = (
+                state.db.clone(),
+                slots.clone(),
+                left.clone(),
+                user_id.clone(),
+            );
+            tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let (desk, range) = slots.take().context("the full site ran out of slots")?;
+                    let now = naive(Utc::now());
+                    let site_id = slots.sites[0].entry.site.id.clone();
+                    let booking = Booking {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        resource_id: desk,
+                        site_id: site_id.clone(),
+                        user_id: user_id.clone(),
+                        organization_id: None,
+                        starts_at: naive(range.start()),
+                        ends_at: naive(range.end()),
+                        status: spazi::domain::BookingStatus::Confirmed,
+                        attendees: 1,
+                        note: None,
+                        charged_minutes: 0,
+                        allowance_month: None,
+                        sequence: 0,
+                        created_at: now,
+                        updated_at: now,
+                        checked_in_at: None,
+                        cancelled_at: None,
+                    };
+                    let credential = NewCredential::fresh(
+                        &booking.id,
+                        &site_id,
+                        booking.starts_at,
+                        booking.ends_at,
+                        now,
+                    )?;
+                    db.run(move |c| {
+                        spazi::db::bookings::create(c, &booking, None, &credential, None, |_| {
+                            let mut mail = OutboxRow::due("booking_confirmed", "{}".into(), now);
+                            mail.sent_at = Some(now);
+                            mail
+                        })
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("filling the full site: {e}"))?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Active bookings at `site_id` that have not started.
+async fn future_bookings(state: &AppState, site_id: String) -> anyhow::Result<i64> {
+    Ok(state
+        .db
+        .run(move |c| {
+            bookings::table
+                .filter(bookings::site_id.eq(site_id))
+                .filter(bookings::starts_at.gt(naive(Utc::now())))
+                .filter(bookings::status.eq("confirmed"))
+                .count()
+                .get_result::<i64>(c)
+                .map_err(DbError::from)
+        })
+        .await?)
 }
 
 async fn run_scenarios(
@@ -660,11 +774,12 @@ async fn run_scenarios(
         .build()?;
 
     let mut tokens = Vec::new();
+    let mut member_ids = Vec::new();
     for i in 0..MEMBERS {
         let email = format!("bench-member-{i}@bench.spazi.example");
         let db = state.db.clone();
         let address = email.clone();
-        tokio::task::spawn_blocking(move || {
+        let id = tokio::task::spawn_blocking(move || {
             create_account(
                 &db,
                 &NewAccount {
@@ -678,6 +793,7 @@ async fn run_scenarios(
             )
         })
         .await??;
+        member_ids.push(id);
         tokens.push(login(&client, &base, &email).await?);
     }
     let tokens = Arc::new(tokens);
@@ -695,14 +811,28 @@ async fn run_scenarios(
     }
 
     let desk_ids: Arc<Vec<String>> = Arc::new(sites.iter().flat_map(|s| s.desks.clone()).collect());
+    // Scenario e keeps two large sites to itself: the first is filled, the second stays empty.
+    let mut others: Vec<Site> = sites.iter().map(Site::clone_of).collect();
+    if others.len() < 3 {
+        bail!("the seeded network has fewer than three large sites");
+    }
+    let rest = others.split_off(2);
+    let empty_site = others.pop().context("an empty site")?;
+    let full_site = others.pop().context("a full site")?;
+    let full_id = full_site.entry.site.id.clone();
+    let full_slots = Arc::new(Slots {
+        sites: Arc::new(vec![full_site]),
+        next: AtomicU64::new(0),
+    });
+    let empty_slots = Arc::new(Slots {
+        sites: Arc::new(vec![empty_site]),
+        next: AtomicU64::new(0),
+    });
     let slots = Arc::new(Slots {
-        sites: sites.clone(),
+        sites: Arc::new(rest),
         next: AtomicU64::new(0),
     });
 
-    if settings.analyze {
-        analyze(&state).await?;
-    }
     let floor_port = start_floor_server(state.db.clone())?;
     // Writes first, so availability then probes a bookings table that holds real rows.
     let insert = measure("c. raw INSERT", &raw_insert(&state), settings).await;
@@ -714,15 +844,12 @@ async fn run_scenarios(
     .await;
     let create = measure(
         "d. POST /api/v1/bookings",
-        &create_booking(client.clone(), base.clone(), tokens, slots),
+        &create_booking(client.clone(), base.clone(), tokens.clone(), slots),
         settings,
     )
     .await;
     eprintln!("waiting for the outbox mailer to send the booking mail");
     let drain = drain_mail(&state, DRAIN_LIMIT).await?;
-    if settings.analyze {
-        analyze(&state).await?;
-    }
     let select = measure(
         "a. raw SELECT",
         &raw_select(&state, desk_ids.clone()),
@@ -742,6 +869,58 @@ async fn run_scenarios(
     )
     .await;
 
+    eprintln!(
+        "e. filling one large site with {} future bookings",
+        settings.full_bookings
+    );
+    let fill_took = fill_site(
+        &state,
+        full_slots.clone(),
+        member_ids[0].clone(),
+        settings.full_bookings,
+    )
+    .await?;
+    let held = future_bookings(&state, full_id).await?;
+    let (mut empty, mut full) = (Vec::new(), Vec::new());
+    for round in 0..E_ROUNDS {
+        empty.push(
+            measure(
+                &format!(
+                    "e. POST /api/v1/bookings at an empty site, round {}",
+                    round + 1
+                ),
+                &create_booking(
+                    client.clone(),
+                    base.clone(),
+                    tokens.clone(),
+                    empty_slots.clone(),
+                ),
+                settings,
+            )
+            .await,
+        );
+        full.push(
+            measure(
+                &format!(
+                    "e'. POST /api/v1/bookings at the full site, round {}",
+                    round + 1
+                ),
+                &create_booking(
+                    client.clone(),
+                    base.clone(),
+                    tokens.clone(),
+                    full_slots.clone(),
+                ),
+                settings,
+            )
+            .await,
+        );
+    }
+    let drain_e = drain_mail(&state, DRAIN_LIMIT).await?;
+    if drain_e.left > 0 {
+        eprintln!("{} booking mails of e still unsent", drain_e.left);
+    }
+
     let stored_bookings = state
         .db
         .run(|c| {
@@ -760,6 +939,12 @@ async fn run_scenarios(
         create,
         stored_bookings,
         drain,
+        full: FullSite {
+            held,
+            fill_took,
+            empty,
+            full,
+        },
     })
 }
 
@@ -776,14 +961,9 @@ fn print_report(report: &Report, settings: &Settings, sites: &[Site]) {
         cpus
     );
     println!(
-        "{} large sites, {} desks; run order c, c', d, a, a', b; {}",
+        "{} large sites, {} desks (d spreads over all but the two of e); run order c, c', d, a, a', b, e; no ANALYZE by the harness",
         sites.len(),
         desks,
-        if settings.analyze {
-            "ANALYZE after setup and before a"
-        } else {
-            "no ANALYZE (SPAZI_BENCH_ANALYZE=0)"
-        }
     );
     println!();
     println!("| scenario | ok requests | req/s | p50 ms | p99 ms | errors |");
@@ -837,6 +1017,47 @@ fn print_report(report: &Report, settings: &Settings, sites: &[Site]) {
         drain.took.as_secs_f64(),
         drain.left
     );
+    let e = &report.full;
+    let (empty_rate, full_rate) = (
+        FullSite::median_rate(&e.empty),
+        FullSite::median_rate(&e.full),
+    );
+    println!();
+    println!(
+        "e. booking creation at a site holding {} future bookings (stored in {:.0} s with their credentials) beside an empty site, {} alternating rounds:",
+        e.held,
+        e.fill_took.as_secs_f64(),
+        e.empty.len()
+    );
+    println!();
+    println!("| site | req/s per round | median req/s | median p50 ms | errors |");
+    println!("|---|---|---:|---:|---:|");
+    for (name, outcomes) in [("empty", &e.empty), ("full", &e.full)] {
+        let rates: Vec<String> = outcomes
+            .iter()
+            .map(|o| format!("{:.0}", o.rate()))
+            .collect();
+        println!(
+            "| {name} | {} | {:.0} | {:.2} | {} |",
+            rates.join(", "),
+            FullSite::median_rate(outcomes),
+            FullSite::median_p50(outcomes),
+            outcomes.iter().map(Outcome::error_count).sum::<u64>()
+        );
+    }
+    println!();
+    println!(
+        "full/empty = {:.2} (target >= 0.90: {})",
+        full_rate / empty_rate,
+        verdict(full_rate / empty_rate >= 0.9)
+    );
+    for (name, outcomes) in [("e (empty site)", &e.empty), ("e' (full site)", &e.full)] {
+        for o in outcomes {
+            for (err, n) in &o.errors {
+                println!("error in {name}: {n} x {err}");
+            }
+        }
+    }
     println!();
     println!("CPU per successful request (us), and how busy the machine was:");
     println!();
@@ -871,7 +1092,7 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings {
         secs: env_positive("SPAZI_BENCH_SECS", 10)?,
         concurrency: env_positive("SPAZI_BENCH_CONCURRENCY", 32)? as usize,
-        analyze: std::env::var("SPAZI_BENCH_ANALYZE").map_or(true, |v| v.trim() != "0"),
+        full_bookings: env_positive("SPAZI_BENCH_FULL_BOOKINGS", 50_000)?,
     };
     let database = PgDatabase::create("spazi_bench")?;
     let mail_dir = tempfile::tempdir()?;

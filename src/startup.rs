@@ -128,6 +128,15 @@ impl Application {
         supervisor.every_later("directory_refresh", DIRECTORY_EVERY, move || {
             refresh_directory(dir_state.clone())
         });
+        let stats = db.clone();
+        supervisor.every("analyze", crate::jobs::analyze::EVERY, move || {
+            let db = stats.clone();
+            async move {
+                crate::jobs::analyze::pass(&db, Default::default())
+                    .await
+                    .map(|_| ())
+            }
+        });
 
         let listener = TcpListener::bind(&config.listen)
             .with_context(|| format!("binding SPAZI_LISTEN {}", config.listen))?;

@@ -148,7 +148,7 @@ impl From<DbError> for ApiError {
             DbError::InvalidText(_) => ApiError::BadRequest(
                 "the request contains characters that cannot be stored (NUL)".into(),
             ),
-            DbError::Busy(m) | DbError::Unavailable(m) => {
+            DbError::Busy(m) | DbError::Unavailable(m) | DbError::Retryable(m) => {
                 tracing::warn!(cause = %m, "database unavailable");
                 ApiError::Unavailable("the database is busy or unreachable; retry shortly".into())
             }

@@ -25,7 +25,7 @@ pub struct CredentialRow {
 }
 
 /// A credential about to be issued, with PINs to choose from: the first one no other credential
-/// of the site shares in an overlapping window is taken.
+/// of the site holds in an overlapping window is taken ([`issue`]).
 #[derive(Debug, Clone)]
 pub struct NewCredential {
     pub row: CredentialRow,
@@ -93,26 +93,40 @@ pub fn backfill(conn: &mut DbConnection, now: NaiveDateTime) -> Result<usize, Db
     Ok(missing.len())
 }
 
-/// Stores a credential inside the caller's transaction.
+/// How many PINs a credential tries before giving up: the candidates it came with, then fresh
+/// random ones. With a million PINs and a few thousand overlapping windows at one site, a second
+/// try is already rare.
+pub const PIN_ATTEMPTS: usize = 16;
+
+/// Stores a credential inside the caller's transaction, with the first of its PIN candidates
+/// (then fresh random PINs) that no other credential of the site holds in an overlapping window.
+///
+/// The database refuses a PIN in use ([`super::PIN_OVERLAP`]); each attempt runs in a savepoint,
+/// so a refused one leaves the caller's transaction intact. Nothing reads the site's other
+/// credentials.
 pub fn issue(conn: &mut DbConnection, new: &NewCredential) -> Result<CredentialRow, DbError> {
-    let r = &new.row;
-    let taken: Vec<String> = access_credentials::table
-        .inner_join(bookings::table)
-        .filter(access_credentials::site_id.eq(&r.site_id))
-        .filter(access_credentials::valid_until.gt(r.valid_from))
-        .filter(access_credentials::valid_from.lt(r.valid_until))
-        .filter(bookings::status.eq_any(crate::domain::BookingStatus::ACTIVE))
-        .select(access_credentials::pin_sha256)
-        .load(conn)?;
-    let mut row = r.clone();
-    if let Some((pin, hash)) = new.pins.iter().find(|(_, h)| !taken.contains(h)) {
-        row.pin = pin.clone();
-        row.pin_sha256 = hash.clone();
+    let mut row = new.row.clone();
+    let fresh = std::iter::repeat_with(|| {
+        let pin = pin_from(rand::random());
+        let hash = credential_hash(&pin);
+        (pin, hash)
+    });
+    let candidates = new.pins.iter().cloned().chain(fresh).take(PIN_ATTEMPTS);
+    for (pin, hash) in candidates {
+        row.pin = pin;
+        row.pin_sha256 = hash;
+        let stored = conn.transaction(|c| {
+            on_backend!(c, |c| diesel::insert_into(access_credentials::table)
+                .values(&row)
+                .execute(c))
+        });
+        match stored.map_err(DbError::from) {
+            Ok(_) => return Ok(row),
+            Err(DbError::PinTaken) => continue,
+            Err(e) => return Err(e),
+        }
     }
-    on_backend!(conn, |c| diesel::insert_into(access_credentials::table)
-        .values(&row)
-        .execute(c)?);
-    Ok(row)
+    Err(DbError::PinTaken)
 }
 
 pub fn credential(

@@ -50,37 +50,95 @@ pub struct AllowanceCharge {
     pub minutes: i32,
 }
 
+/// How many times a booking's transaction is run when it loses a deadlock or a serialization
+/// check, before the failure is answered.
+pub const CREATE_ATTEMPTS: u32 = 4;
+
 /// Stores a booking with its door credential and (for an EV bay) its charging plan, charges the
 /// allowance and queues its email, all or nothing. Returns the credential as issued (its PIN is the first candidate free at the site).
+///
+/// A booking that overlaps one already committed is refused before any lock is taken. Contenders
+/// for one resource are serialized before anything is written: on PostgreSQL by a
+/// transaction-scoped advisory lock on the resource, on SQLite by the write lock
+/// ([`write_transaction`]). A transaction that still loses a deadlock or a serialization check
+/// is run again from the start, up to [`CREATE_ATTEMPTS`] times, so `mail` may be called more
+/// than once.
 pub fn create(
     conn: &mut DbConnection,
     booking: &Booking,
     charge: Option<&AllowanceCharge>,
     credential: &NewCredential,
     ev_plan: Option<&EvPlanRow>,
-    mail: impl FnOnce(&CredentialRow) -> OutboxRow,
+    mail: impl Fn(&CredentialRow) -> OutboxRow,
 ) -> Result<CredentialRow, BookingWriteError> {
-    write_transaction(conn, |conn| {
-        if let Some(charge) = charge {
-            consume_allowance(conn, charge)?;
-        }
-        on_backend!(conn, |c| {
-            diesel::insert_into(bookings::table)
-                .values(booking)
-                .execute(c)?;
+    if already_taken(conn, booking)? {
+        return Err(BookingWriteError::Overlap);
+    }
+    let mut attempt = 1;
+    loop {
+        let outcome = write_transaction(conn, |conn| {
+            lock_resource(conn, &booking.resource_id)?;
+            if let Some(charge) = charge {
+                consume_allowance(conn, charge)?;
+            }
+            on_backend!(conn, |c| {
+                diesel::insert_into(bookings::table)
+                    .values(booking)
+                    .execute(c)?;
+            });
+            let issued = access::issue(conn, credential)?;
+            if let Some(plan) = ev_plan {
+                insert_plan(conn, plan)?;
+            }
+            let mail = mail(&issued);
+            on_backend!(conn, |c| {
+                diesel::insert_into(outbox::table)
+                    .values(&mail)
+                    .execute(c)?;
+            });
+            Ok(issued)
         });
-        let issued = access::issue(conn, credential)?;
-        if let Some(plan) = ev_plan {
-            insert_plan(conn, plan)?;
+        match outcome {
+            Err(BookingWriteError::Db(e)) if e.is_retryable() && attempt < CREATE_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "booking transaction retried");
+                attempt += 1;
+            }
+            other => return other,
         }
-        let mail = mail(&issued);
-        on_backend!(conn, |c| {
-            diesel::insert_into(outbox::table)
-                .values(&mail)
-                .execute(c)?;
-        });
-        Ok(issued)
-    })
+    }
+}
+
+/// Whether a committed active booking already overlaps `booking`: read without any lock, so the
+/// losers of a race answer at once instead of queueing for the lock one after the other. The
+/// constraint still decides the cases this read cannot see.
+fn already_taken(conn: &mut DbConnection, booking: &Booking) -> Result<bool, BookingWriteError> {
+    let (from, to) = (booking.starts_at, booking.ends_at);
+    Ok(bookings::table
+        .filter(bookings::resource_id.eq(&booking.resource_id))
+        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+        .filter(bookings::starts_at.lt(to))
+        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
+        .filter(bookings::ends_at.gt(from))
+        .select(bookings::id)
+        .first::<String>(conn)
+        .optional()?
+        .is_some())
+}
+
+/// The advisory-lock class of bookings' resources (the first key of the two-key form).
+const RESOURCE_LOCK_CLASS: i32 = 0x5350_4b01;
+
+/// Makes every other booking transaction of `resource_id` wait until this one ends (PostgreSQL;
+/// SQLite's writers are serialized by the write lock already). Taken before any write, so two
+/// contenders never hold parts of the exclusion constraint's index that the other needs.
+fn lock_resource(conn: &mut DbConnection, resource_id: &str) -> Result<(), BookingWriteError> {
+    if let DbConnection::Postgresql(c) = conn {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind::<diesel::sql_types::Integer, _>(RESOURCE_LOCK_CLASS)
+            .bind::<diesel::sql_types::Text, _>(resource_id)
+            .execute(c)?;
+    }
+    Ok(())
 }
 
 fn consume_allowance(

@@ -19,6 +19,7 @@ pub mod alarms;
 pub mod bookings;
 pub mod energy;
 pub mod idempotency;
+pub mod maintenance;
 pub mod migrations;
 pub mod models;
 pub mod network;
@@ -48,12 +49,19 @@ pub enum DbError {
     NotFound,
     #[error("the resource is already booked for part of that interval")]
     Overlap,
+    /// Another credential of the site has the same PIN in an overlapping window.
+    #[error("the PIN is in use at the site in an overlapping window")]
+    PinTaken,
     #[error("unique constraint violated")]
     Duplicate,
     #[error("text the database cannot store: {0}")]
     InvalidText(String),
     #[error("database busy: {0}")]
     Busy(String),
+    /// The transaction lost a deadlock or a serialization check (SQLSTATE 40P01 or 40001) and
+    /// was rolled back: running it again from the start can succeed.
+    #[error("transaction rolled back, retryable: {0}")]
+    Retryable(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -61,6 +69,18 @@ pub enum DbError {
     /// The closure run on a database thread panicked; its transaction did not commit.
     #[error("database task panicked: {0}")]
     Panicked(String),
+}
+
+/// The rule that keeps a site's PINs apart over overlapping windows (an exclusion constraint on
+/// PostgreSQL, a trigger on SQLite).
+pub const PIN_OVERLAP: &str = "access_credentials_pin_overlap";
+
+impl DbError {
+    /// Whether the whole transaction may be run again: it lost a deadlock or a serialization
+    /// check and nothing of it was kept.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DbError::Retryable(_))
+    }
 }
 
 impl From<DieselError> for DbError {
@@ -73,6 +93,12 @@ impl From<DieselError> for DbError {
                     || info.constraint_name() == Some("bookings_no_overlap")
                 {
                     DbError::Overlap
+                } else if msg.contains(PIN_OVERLAP) || info.constraint_name() == Some(PIN_OVERLAP) {
+                    DbError::PinTaken
+                } else if matches!(kind, DatabaseErrorKind::SerializationFailure)
+                    || msg.contains("deadlock detected")
+                {
+                    DbError::Retryable(msg.to_string())
                 } else if matches!(kind, DatabaseErrorKind::UniqueViolation) {
                     DbError::Duplicate
                 } else if msg.contains("invalid byte sequence") {

@@ -37,10 +37,9 @@ pub fn seed(conn: &mut DbConnection, network: &[SiteSpec]) -> DbResult<Seeded> {
         .collect();
     added.devices = super::telemetry::seed_devices(conn, &devices)?;
     if added != Seeded::default() {
-        // Fresh statistics, so the planner uses the right indexes from the first request.
-        if let DbConnection::Postgresql(c) = conn {
-            diesel::sql_query("ANALYZE").execute(c)?;
-        }
+        // Fresh statistics for what was seeded, so the planner uses the right indexes from the
+        // first request; the empty tables are left to the analyze job.
+        super::maintenance::analyze_filled(conn)?;
     }
     Ok(added)
 }

@@ -1,0 +1,2 @@
+DROP TRIGGER access_credentials_pin_overlap_update;
+DROP TRIGGER access_credentials_pin_overlap_insert;
