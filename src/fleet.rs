@@ -69,10 +69,8 @@ impl DeviceState {
             created_at: row.created_at,
             tz,
             status: row.status.parse().unwrap_or(DeviceStatus::Unknown),
-            last_seen_ms: row.last_seen_at.map(|t| t.and_utc().timestamp_millis()),
-            status_changed_ms: row
-                .status_changed_at
-                .map(|t| t.and_utc().timestamp_millis()),
+            last_seen_ms: row.last_seen_at.map(crate::domain::epoch::naive_ms),
+            status_changed_ms: row.status_changed_at.map(crate::domain::epoch::naive_ms),
             latest: Vec::new(),
             fault_active: false,
             counter_backwards: false,

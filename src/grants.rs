@@ -70,9 +70,7 @@ impl Inner {
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::domain::epoch::now_ms;
 
 /// The credentials doors are decided against, and the sites whose grant list must be republished.
 #[derive(Default)]

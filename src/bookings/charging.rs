@@ -91,9 +91,7 @@ fn open_at(site: &SiteEntry, ms: i64) -> bool {
             .any(|&(a, b)| a <= minute && minute < b)
 }
 
-fn ms(t: NaiveDateTime) -> i64 {
-    t.and_utc().timestamp_millis()
-}
+use crate::domain::epoch::naive_ms as ms;
 
 /// Plans `booking`'s charging beside the site's other EV bookings (read from the database);
 /// stores nothing.

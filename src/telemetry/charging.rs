@@ -96,7 +96,7 @@ pub fn demand(
                 .as_ref()
                 .and_then(|p| p.target_wh)
                 .map(|t| (t - delivered).max(0.0)),
-            departure_ms: b.ends_at.and_utc().timestamp_millis(),
+            departure_ms: crate::domain::epoch::naive_ms(b.ends_at),
         },
         None => Demand {
             charger: Charger::ac22(),
