@@ -26,8 +26,8 @@ pub struct ChargingWish {
     pub mode: Option<ChargeMode>,
 }
 
-/// The plan made when the booking was made.
-#[derive(Clone, Debug)]
+/// The plan made when the booking was made, as the booking's answer shows it.
+#[derive(serde::Serialize, utoipa::ToSchema, Clone, Debug)]
 pub struct ChargingPlan {
     pub mode: ChargeMode,
     pub target_wh: Option<f64>,

@@ -81,7 +81,7 @@ pub async fn book(
     let dir = state.directory();
     let created = bookings::create(env(state, &dir), caller, request.into()).await?;
     let mut out = booking_out(created.booking, &created.site, &created.resource);
-    out.charging = created.charging.map(Into::into);
+    out.charging = created.charging;
     Ok(out)
 }
 
