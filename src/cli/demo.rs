@@ -271,7 +271,15 @@ async fn book_demo_week(state: &AppState) -> anyhow::Result<()> {
         };
         // A closure of the site that day is the policy working, not a failure of the demo.
         if let Err(e) = bookings::create(env, &caller, request).await {
-            tracing::info!(resource = resource_id, error = %e, "demo booking skipped");
+            let why = match &e {
+                bookings::Error::Invalid(errors) => errors
+                    .iter()
+                    .map(|f| f.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => other.to_string(),
+            };
+            tracing::info!(resource = resource_id, %date, %why, "demo booking skipped");
         }
     }
     Ok(())
