@@ -40,7 +40,7 @@ fn minutes(n: i64) -> chrono::Duration {
 }
 
 /// A spawned task aborted when dropped.
-struct Task(tokio::task::JoinHandle<()>);
+pub(crate) struct Task(tokio::task::JoinHandle<()>);
 
 impl Drop for Task {
     fn drop(&mut self) {
@@ -75,7 +75,7 @@ impl Cmd {
 
 /// Connects an MQTT client, subscribes to `filter` at QoS 1 and waits for the SUBACK; every
 /// publish it receives is forwarded as `(topic, payload, received at ms)`.
-async fn subscriber(
+pub(crate) async fn subscriber(
     port: u16,
     client_id: &str,
     filter: &str,

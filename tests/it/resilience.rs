@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::RunQueryDsl;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::{json, Value};
 use spazi::domain::{DeviceClass, Role};
 use spazi::jobs::supervisor::Supervisor;
 use tokio::sync::mpsc;
 
+use crate::access::{subscriber, Task};
 use crate::helpers::{spawn, spawn_with, Backend, TestApp, TestUser};
 use crate::on_both;
 use crate::telemetry::{now_ms, rig, wait, Broker};
@@ -398,48 +399,16 @@ struct Door {
     site: String,
     id: String,
     client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<(String, Value)>,
+    rx: mpsc::UnboundedReceiver<(String, Vec<u8>, i64)>,
     seq: i64,
-    _task: tokio::task::JoinHandle<()>,
+    _task: Task,
 }
 
 impl Door {
     async fn connect(port: u16, site: &str, door: &str) -> Door {
         let client_id = format!("{door}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true);
-        let (client, mut eventloop) = AsyncClient::new(opts, 100);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (subacked_tx, subacked_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut subacked = Some(subacked_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let name = p.topic.rsplit('/').next().unwrap_or_default().to_owned();
-                        if let Ok(body) = serde_json::from_slice::<Value>(&p.payload) {
-                            let _ = tx.send((name, body));
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(s) = subacked.take() {
-                            let _ = s.send(());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        client
-            .subscribe(format!("spazi/v1/{site}/{door}/cmd/+"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), subacked_rx)
-            .await
-            .expect("subscribed")
-            .unwrap();
+        let filter = format!("spazi/v1/{site}/{door}/cmd/+");
+        let (client, rx, task) = subscriber(port, &client_id, &filter).await;
         Door {
             site: site.into(),
             id: door.into(),
@@ -466,10 +435,14 @@ impl Door {
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let (name, body) = tokio::time::timeout_at(deadline, self.rx.recv())
+            let (topic, payload, _) = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
                 .unwrap_or_else(|_| panic!("{}: no answer to badge {seq}", self.id))
                 .expect("door client running");
+            let name = topic.rsplit('/').next().unwrap_or_default().to_owned();
+            let Ok(body) = serde_json::from_slice::<Value>(&payload) else {
+                continue;
+            };
             if body["m"]["badge_seq"] == seq {
                 let reason = body["m"]["reason"].as_str().map(str::to_owned);
                 return (name, reason);
