@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{SecondsFormat, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -27,23 +27,20 @@ use crate::db::network::{Directory, SiteEntry};
 use crate::db::telemetry::{self as store, NewDevice};
 use crate::db::{naive, utc, DbError};
 use crate::domain::access::Caller;
+use crate::domain::epoch::to_utc;
 use crate::domain::presence;
 use crate::domain::telemetry::{valid_id, Metric};
 use crate::domain::{DeviceClass, DeviceStatus, FieldError};
 use crate::fleet::DeviceState;
 use crate::telemetry::mosquitto::{generate_password, hash_password, TOPIC_ROOT};
 
-pub(super) fn instant(ms: i64) -> DateTime<Utc> {
-    crate::domain::epoch::to_utc(ms)
-}
-
 /// A reading's instant: whole seconds, or milliseconds when it has them.
 pub(super) fn ts_text(ms: i64) -> String {
-    instant(ms).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    to_utc(ms).to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 pub(super) fn ts_local(ms: i64, tz: Tz) -> String {
-    instant(ms)
+    to_utc(ms)
         .with_timezone(&tz)
         .to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }

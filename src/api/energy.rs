@@ -532,7 +532,10 @@ pub async fn kpis(
     let quarters = scope_quarters(&state, &scope, from, to).await?;
     let (rows, factors) = load_factors(&state).await?;
     let ids: Vec<String> = sites.iter().map(|s| s.site.id.clone()).collect();
-    let (f, t) = (ms_naive(from), ms_naive(to));
+    let (f, t) = (
+        crate::domain::epoch::to_naive(from),
+        crate::domain::epoch::to_naive(to),
+    );
     let stays: Vec<(i64, i64)> = state
         .db
         .run(move |c| store::desk_stays(c, &ids, f, t))
@@ -571,8 +574,4 @@ pub async fn kpis(
         periods,
         total,
     }))
-}
-
-pub fn ms_naive(ms: i64) -> chrono::NaiveDateTime {
-    crate::domain::epoch::to_naive(ms)
 }

@@ -7,12 +7,13 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::devices::{instant, ts_local, ts_text, visible_device};
+use super::devices::{ts_local, ts_text, visible_device};
 use super::error::ApiError;
 use super::extract::{Auth, Errors, Query};
 use super::state::AppState;
 use super::views::{local_text, utc_text};
 use crate::db::telemetry::{self as store, RollupRow};
+use crate::domain::epoch::to_utc;
 use crate::domain::opening_hours::local_day_start;
 use crate::domain::quarters::{quarter_start, QUARTER_MS};
 use crate::domain::telemetry::Metric;
@@ -65,7 +66,7 @@ impl Interval {
 
 fn offset_ms(ts: i64, tz: Tz) -> i64 {
     i64::from(
-        tz.offset_from_utc_datetime(&instant(ts).naive_utc())
+        tz.offset_from_utc_datetime(&to_utc(ts).naive_utc())
             .fix()
             .local_minus_utc(),
     ) * 1000
@@ -80,7 +81,7 @@ fn local_hour(ts: i64, tz: Tz) -> (i64, i64) {
 
 /// The local day holding `ts`: `[start, end)` in epoch ms, 23 or 25 hours long on DST days.
 fn local_day(ts: i64, tz: Tz) -> (i64, i64) {
-    let date = instant(ts).with_timezone(&tz).date_naive();
+    let date = to_utc(ts).with_timezone(&tz).date_naive();
     let next = date.checked_add_days(Days::new(1)).unwrap_or(date);
     (
         crate::domain::epoch::ms(local_day_start(date, tz)),
@@ -332,10 +333,10 @@ pub async fn readings(
                 .into_iter()
                 .map(|f| {
                     ReadingItem::Aggregate(AggregatePoint {
-                        start: utc_text(instant(f.start)),
-                        end: utc_text(instant(f.end)),
-                        start_local: local_text(instant(f.start), tz),
-                        end_local: local_text(instant(f.end), tz),
+                        start: utc_text(to_utc(f.start)),
+                        end: utc_text(to_utc(f.end)),
+                        start_local: local_text(to_utc(f.start), tz),
+                        end_local: local_text(to_utc(f.end), tz),
                         count: f.n,
                         min: f.min,
                         max: f.max,

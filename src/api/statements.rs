@@ -9,7 +9,7 @@ use chrono::{Datelike, NaiveDate};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::energy::{local_text, ms_naive, r3, range};
+use super::energy::{local_text, r3, range};
 use super::error::ApiError;
 use super::extract::{Auth, Errors, Query};
 use super::factors::{cited, load_factors, FactorOut};
@@ -20,6 +20,7 @@ use crate::db::models::Booking;
 use crate::db::network::{Directory, SiteEntry};
 use crate::db::DbError;
 use crate::domain::energy::{factor_at, quarter_share, EmissionFactor, Quarter, Series, Stay};
+use crate::domain::epoch::{naive_ms, to_naive};
 use crate::domain::opening_hours::local_day_start;
 use crate::domain::quarters::{quarter_start, QUARTER_MS};
 use crate::domain::telemetry::Metric;
@@ -72,16 +73,12 @@ fn quarters_of(start: i64, end: i64, tz: chrono_tz::Tz) -> impl Iterator<Item = 
         .take_while(move |q| *q < end)
 }
 
-fn ms(t: chrono::NaiveDateTime) -> i64 {
-    crate::domain::epoch::naive_ms(t)
-}
-
 /// Until when a booking held its resource: its end, or its release for a no-show.
 fn held_until(b: &Booking) -> i64 {
-    let end = ms(b.ends_at);
+    let end = naive_ms(b.ends_at);
     match b.cancelled_at {
         Some(at) if b.status == crate::domain::BookingStatus::Released => {
-            end.min(ms(at)).max(ms(b.starts_at))
+            end.min(naive_ms(at)).max(naive_ms(b.starts_at))
         }
         _ => end,
     }
@@ -129,7 +126,7 @@ async fn site_energy(
         .run(move |c| {
             let lines = store::site_lines(c, std::slice::from_ref(&id), qf, qt)?;
             let bookings =
-                store::holding_bookings(c, store::Holder::Site(&id), ms_naive(qf), ms_naive(qt))?;
+                store::holding_bookings(c, store::Holder::Site(&id), to_naive(qf), to_naive(qt))?;
             let mut series = HashMap::new();
             for (bay, device, num) in chargers {
                 let s = store::device_energy(c, num, Metric::EImpWh, qf, qt)?;
@@ -170,7 +167,7 @@ fn attribute(
     factors: &[EmissionFactor],
 ) -> Attribution {
     let mut out = Attribution::default();
-    let (start, end) = (ms(booking.starts_at), held_until(booking));
+    let (start, end) = (naive_ms(booking.starts_at), held_until(booking));
     let Some(resource) = dir.resource(&booking.resource_id) else {
         return out;
     };
@@ -212,7 +209,7 @@ fn attribute(
             me = stays.len();
         }
         stays.push(Stay {
-            start: ms(b.starts_at),
+            start: naive_ms(b.starts_at),
             end: held_until(b),
             weight: f64::from(r.resource.capacity.max(1)),
         });
@@ -317,8 +314,8 @@ pub async fn statement(
             store::holding_bookings(
                 c,
                 store::Holder::Organization(&o),
-                ms_naive(from),
-                ms_naive(to),
+                to_naive(from),
+                to_naive(to),
             )
         })
         .await?;
@@ -340,13 +337,17 @@ pub async fn statement(
         let Some(site) = dir.get(&site_id).cloned() else {
             continue;
         };
-        let from = list.iter().map(|b| ms(b.starts_at)).min().unwrap_or(0);
+        let from = list
+            .iter()
+            .map(|b| naive_ms(b.starts_at))
+            .min()
+            .unwrap_or(0);
         let to = list.iter().map(held_until).max().unwrap_or(0);
         let bays: Vec<String> = list.iter().map(|b| b.resource_id.clone()).collect();
         let energy = site_energy(&state, &site, from, to, &bays).await?;
         for b in &list {
             let a = attribute(&dir, &site, &energy, b, &factors);
-            for q in quarters_of(ms(b.starts_at), held_until(b), site.tz) {
+            for q in quarters_of(naive_ms(b.starts_at), held_until(b), site.tz) {
                 if let Some(f) = factor_at(&factors, q) {
                     if !used.contains(&f.version) {
                         used.push(f.version);
@@ -387,9 +388,9 @@ fn line_of(dir: &Directory, site: &SiteEntry, b: &Booking, a: &Attribution) -> S
         resource_kind: resource.map_or(ResourceKind::Desk, |r| r.kind),
         site_id: b.site_id.clone(),
         zone_id: resource.map(|r| r.zone.id.clone()).unwrap_or_default(),
-        starts_at: local_text(ms(b.starts_at), site.tz),
+        starts_at: local_text(naive_ms(b.starts_at), site.tz),
         ends_at: local_text(held_until(b), site.tz),
-        booked_hours: r3((held_until(b) - ms(b.starts_at)) as f64 / 3_600_000.0),
+        booked_hours: r3((held_until(b) - naive_ms(b.starts_at)) as f64 / 3_600_000.0),
         kwh: r3(a.wh / 1000.0),
         co2_kg: (!a.no_factor).then(|| r3(a.co2_g / 1000.0)),
         solar_share: (a.wh > 0.0).then(|| (a.solar_wh / a.wh * 10_000.0).round() / 10_000.0),
@@ -474,7 +475,7 @@ pub async fn ev_sessions(
         .bookings
         .iter()
         .filter(|b| bays.contains(&b.resource_id))
-        .filter(|b| held_until(b) > from && ms(b.starts_at) < to)
+        .filter(|b| held_until(b) > from && naive_ms(b.starts_at) < to)
         .collect();
     let ids: Vec<String> = ev.iter().map(|b| b.id.clone()).collect();
     let plans: HashMap<String, EvPlanRow> = state
@@ -492,7 +493,7 @@ pub async fn ev_sessions(
             booking_id: Some(b.id.clone()),
             resource_id: b.resource_id.clone(),
             charger_id: energy.chargers.get(&b.resource_id).map(|c| c.0.clone()),
-            starts_at: local_text(ms(b.starts_at), site.tz),
+            starts_at: local_text(naive_ms(b.starts_at), site.tz),
             ends_at: local_text(held_until(b), site.tz),
             energy_wh: r3(a.wh),
             solar_wh: r3(a.solar_wh),
@@ -529,7 +530,7 @@ fn unbooked(
     for (bay, (charger, series)) in &energy.chargers {
         let held = |q: i64| {
             booked.iter().any(|b| {
-                &b.resource_id == bay && ms(b.starts_at) < q + QUARTER_MS && held_until(b) > q
+                &b.resource_id == bay && naive_ms(b.starts_at) < q + QUARTER_MS && held_until(b) > q
             })
         };
         let mut run: Option<(i64, i64, f64, f64, EnergyQuality)> = None;
