@@ -4,7 +4,7 @@
 //! and announces the changed bookings on `spazi/v1/_server/grants`, so every other instance
 //! reloads them from the database within moments.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::db::access::GrantRow;
@@ -15,7 +15,9 @@ use crate::domain::BookingStatus;
 struct Inner {
     by_hash: HashMap<String, Vec<Arc<Grant>>>,
     by_booking: HashMap<String, Arc<Grant>>,
-    by_site: HashMap<String, HashSet<String>>,
+    /// Per site, its bookings by the start of their window, so that what opens in the next
+    /// hours is found without visiting the site's whole future.
+    by_site: HashMap<String, BTreeSet<(i64, String)>>,
     /// Bookings revoked (here or by a peer) and when, epoch ms: a grant read from the database
     /// before the revocation but loaded after it stays revoked, since a cancelled or released
     /// booking never opens a door again.
@@ -36,7 +38,10 @@ impl Inner {
             }
         }
         if let Some(set) = self.by_site.get_mut(&old.site_id) {
-            set.remove(booking_id);
+            set.remove(&(old.valid_from_ms, old.booking_id.clone()));
+            if set.is_empty() {
+                self.by_site.remove(&old.site_id);
+            }
         }
     }
 
@@ -65,7 +70,7 @@ impl Inner {
         self.by_site
             .entry(g.site_id.clone())
             .or_default()
-            .insert(g.booking_id.clone());
+            .insert((g.valid_from_ms, g.booking_id.clone()));
         self.by_booking.insert(g.booking_id.clone(), g);
     }
 }
@@ -221,16 +226,20 @@ impl Grants {
 
     /// Every grant of a site.
     pub fn site(&self, site_id: &str) -> Vec<Arc<Grant>> {
+        self.site_opening_before(site_id, i64::MAX)
+    }
+
+    /// The grants of a site whose window opens before `until_ms` (epoch ms), oldest first:
+    /// the cost follows what opens before then, not how far ahead the site is booked.
+    pub fn site_opening_before(&self, site_id: &str, until_ms: i64) -> Vec<Arc<Grant>> {
         let inner = self.read();
-        inner
-            .by_site
-            .get(site_id)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| inner.by_booking.get(id).cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let Some(ids) = inner.by_site.get(site_id) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .take_while(|(from, _)| *from < until_ms)
+            .filter_map(|(_, id)| inner.by_booking.get(id).cloned())
+            .collect()
     }
 
     /// The active grant of a resource whose booking is on at `ts`, or else the next one starting
@@ -242,7 +251,9 @@ impl Grants {
         ts: i64,
         lead_ms: i64,
     ) -> Option<Arc<Grant>> {
-        self.site(site_id)
+        // A booking on at `ts` (or starting within the lead) has a window opening before
+        // `ts + lead_ms`, since its window opens no later than the booking starts.
+        self.site_opening_before(site_id, ts.saturating_add(lead_ms).saturating_add(1))
             .into_iter()
             .filter(|g| {
                 g.resource_id == resource_id
@@ -310,5 +321,94 @@ impl Grants {
     /// Waits until a site is marked.
     pub async fn changed(&self) {
         self.wake.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Duration};
+
+    fn row(booking: &str, site: &str, resource: &str, starts: DateTime<chrono::Utc>) -> GrantRow {
+        let ends = starts + Duration::hours(1);
+        GrantRow {
+            booking_id: booking.into(),
+            site_id: site.into(),
+            token_sha256: format!("t-{booking}"),
+            pin_sha256: format!("p-{booking}"),
+            valid_from: (starts - Duration::minutes(15)).naive_utc(),
+            valid_until: (ends + Duration::minutes(15)).naive_utc(),
+            user_id: "u".into(),
+            resource_id: resource.into(),
+            zone_id: "z".into(),
+            status: BookingStatus::Confirmed.as_str().into(),
+            starts_at: starts.naive_utc(),
+            ends_at: ends.naive_utc(),
+        }
+    }
+
+    #[test]
+    fn a_site_lists_what_opens_before_a_moment_oldest_first() {
+        let grants = Grants::default();
+        let now = chrono::Utc::now();
+        for day in (0..30).rev() {
+            grants.upsert(&row(
+                &format!("b{day}"),
+                "roma",
+                "desk",
+                now + Duration::days(day),
+            ));
+        }
+        grants.upsert(&row("other", "milano", "desk", now));
+        let until = (now + Duration::days(2) - Duration::hours(1)).timestamp_millis();
+        let ids: Vec<String> = grants
+            .site_opening_before("roma", until)
+            .iter()
+            .map(|g| g.booking_id.clone())
+            .collect();
+        assert_eq!(ids, ["b0", "b1"]);
+        assert_eq!(grants.site("roma").len(), 30);
+
+        // A booking moved later leaves its old place in the order.
+        grants.upsert(&row("b0", "roma", "desk", now + Duration::days(40)));
+        let ids: Vec<String> = grants
+            .site_opening_before("roma", until)
+            .iter()
+            .map(|g| g.booking_id.clone())
+            .collect();
+        assert_eq!(ids, ["b1"]);
+        assert_eq!(grants.site("roma").len(), 30);
+        assert_eq!(grants.site("roma").last().unwrap().booking_id, "b0");
+    }
+
+    #[test]
+    fn the_booking_on_now_is_found_among_a_long_future() {
+        let grants = Grants::default();
+        let now = chrono::Utc::now();
+        for day in 1..200 {
+            grants.upsert(&row(
+                &format!("b{day}"),
+                "roma",
+                "desk",
+                now + Duration::days(day),
+            ));
+        }
+        grants.upsert(&row("now", "roma", "desk", now - Duration::minutes(10)));
+        let lead = Duration::minutes(15).num_milliseconds();
+        let ts = now.timestamp_millis();
+        assert_eq!(
+            grants
+                .booked_at("roma", "desk", ts, lead)
+                .map(|g| g.booking_id.clone()),
+            Some("now".to_owned())
+        );
+        assert!(grants.booked_at("roma", "room", ts, lead).is_none());
+        let soon = now + Duration::days(1) - Duration::minutes(5);
+        assert_eq!(
+            grants
+                .booked_at("roma", "desk", soon.timestamp_millis(), lead)
+                .map(|g| g.booking_id.clone()),
+            Some("b1".to_owned())
+        );
     }
 }

@@ -10,7 +10,7 @@ use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
 use crate::db::{access, Db};
-use crate::domain::access_control::{GrantEntry, GrantList};
+use crate::domain::access_control::{GrantEntry, GrantList, GRANT_HORIZON};
 use crate::domain::command::{self, Command};
 use crate::domain::epoch::now_ms;
 use crate::domain::DeviceClass;
@@ -97,7 +97,7 @@ pub async fn publish_grants(
                 .filter(|d| d.class == DeviceClass::DoorReader)
                 .map(|d| (d.id, d.zone_id))
                 .collect();
-            let list = grants.site(&site);
+            let list = grants.site_opening_before(&site, now + GRANT_HORIZON.num_milliseconds());
             let prev = published.get(&site).map_or(0, |p| p.0);
             let built = GrantList::build(
                 prev.saturating_add(1).max(now),

@@ -1507,7 +1507,12 @@ async fn the_access_log_shows_door_decisions_to_managers(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200, "{page}");
-    let items = page["items"].as_array().expect("items");
+    let items: Vec<&Value> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| !replay(i))
+        .collect();
     assert_eq!(items.len(), 4, "{page}");
     assert_eq!(items[0]["id"], old.id.as_str());
     assert_eq!(items[0]["anonymised"], true);
