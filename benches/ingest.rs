@@ -19,7 +19,10 @@
 //! (default 2) the publishing connections, `SPAZI_BENCH_IDLE_SECS` (default 30) how long the
 //! service idles before its idle memory is read, `SPAZI_BENCH_SQLITE` (default 1; 0 skips it) the
 //! SQLite scenario, `SPAZI_BENCH_EMBEDDED` (default 1; 0 skips it) the scenario where the service
-//! runs its embedded rumqttd and the publishers connect to it. Needs PostgreSQL on 127.0.0.1:5432 and `mosquitto`.
+//! runs its embedded rumqttd and the publishers connect to it. `SPAZI_BENCH_LOG` (default `warn`)
+//! is the service's `RUST_LOG`, and `SPAZI_BENCH_WRAP` names a program the service is started
+//! under (given the binary and its arguments), for example a heap profiler. Needs PostgreSQL on
+//! 127.0.0.1:5432 and `mosquitto`.
 
 mod common;
 
@@ -228,7 +231,15 @@ fn start_service(database_url: &str, broker: Broker, dir: &Path) -> anyhow::Resu
         Broker::Embedded(port) => ("embedded".to_owned(), format!("127.0.0.1:{port}")),
     };
     let log = std::fs::File::create(dir.join(format!("service-{http}.log")))?;
-    let child = Command::new(BIN)
+    let mut cmd = match std::env::var("SPAZI_BENCH_WRAP") {
+        Ok(w) => {
+            let mut c = Command::new(w);
+            c.arg(BIN);
+            c
+        }
+        Err(_) => Command::new(BIN),
+    };
+    let child = cmd
         .arg("serve")
         .env("DATABASE_URL", database_url)
         .env("SPAZI_LISTEN", format!("127.0.0.1:{http}"))
@@ -243,7 +254,10 @@ fn start_service(database_url: &str, broker: Broker, dir: &Path) -> anyhow::Resu
             "SPAZI_MAIL_URL",
             format!("file://{}", dir.join("mail").display()),
         )
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SPAZI_BENCH_LOG").unwrap_or("warn".into()),
+        )
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(log)
@@ -458,7 +472,10 @@ async fn main() -> anyhow::Result<()> {
     let sim_secs = env_number("SPAZI_BENCH_SIM_SECS", 60)?;
     let with_sqlite = env_number("SPAZI_BENCH_SQLITE", 1)? != 0;
     let with_embedded = env_number("SPAZI_BENCH_EMBEDDED", 1)? != 0;
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("ingestbench")
+        .disable_cleanup(true)
+        .tempdir()?;
     let (_broker, port) = start_mosquitto(dir.path())?;
     let topics = Arc::new(device_topics());
     eprintln!(

@@ -46,6 +46,10 @@ pub struct Telemetry {
     pub reconnects: AtomicU64,
     /// 1 while connected to the broker.
     pub connected: AtomicU64,
+    /// Messages read from the broker and not yet taken by the writer.
+    pub queued: AtomicU64,
+    /// Messages dropped unacknowledged because the writer's queue was full (delivered again).
+    pub queue_full: AtomicU64,
     /// Commit time minus the device timestamp of the last batch's newest message, in ms.
     pub lag_ms: AtomicU64,
     pub alarms_raised: AtomicU64,
@@ -454,6 +458,18 @@ impl Metrics {
                 "1 while the ingest consumer is connected to the broker.",
                 "gauge",
                 &t.connected,
+            ),
+            (
+                "spazi_telemetry_queued",
+                "Messages read from the broker and waiting for the writer.",
+                "gauge",
+                &t.queued,
+            ),
+            (
+                "spazi_telemetry_queue_full_total",
+                "Messages dropped unacknowledged because the writer's queue was full; the broker delivers them again after a reconnect.",
+                "counter",
+                &t.queue_full,
             ),
             (
                 "spazi_telemetry_lag_milliseconds",

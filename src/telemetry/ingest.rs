@@ -3,8 +3,11 @@
 //!
 //! The event loop task only reads the network and forwards publishes; it never waits on the
 //! database or the writer, so the acknowledgements the writer queues are always sent. What waits
-//! for the writer is bounded by the broker's window of unacknowledged messages per client
-//! (`max_inflight_messages` in Mosquitto, `max_inflight_count` in rumqttd). The writer drains what has
+//! is bounded whatever the broker sends: at most [`MAX_QUEUED`] messages for the writer (one that
+//! finds the queue full is dropped unacknowledged, and once the writer has caught up the consumer
+//! reconnects so the broker delivers it again), and at most [`MAX_UNACKED`] committed messages
+//! whose acknowledgement the event loop has not taken yet (packet ids only; the writer takes no
+//! more messages until they are sent). The writer drains what has
 //! arrived (up to [`MAX_BATCH`]), decodes it against the contract, writes readings and events in
 //! one transaction (idempotent on `(minute, device, metric, seq)`), then updates the fleet and
 //! acknowledges the batch in arrival order.
@@ -17,7 +20,7 @@
 //! the acknowledgements makes the broker redeliver messages that the key then absorbs.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,11 @@ pub const MAX_BATCH: usize = 5_000;
 /// Batches committing at once. They are finished (fleet updated, messages acknowledged) in the
 /// order they arrived, whatever order their commits end in.
 const MAX_COMMITS: usize = 3;
+/// Messages read and waiting for the writer, at most (about 35 MB of them): more than the
+/// broker's window (20,000 in `mqtt-config/mosquitto.conf`) and the batches in flight.
+pub const MAX_QUEUED: usize = 50_000;
+/// Committed messages whose acknowledgement waits for room in the event loop's queue, at most.
+pub const MAX_UNACKED: usize = 50_000;
 /// Requests (acknowledgements, subscriptions, the birth message) queued for the event loop.
 const REQUESTS: usize = 4 * MAX_BATCH;
 /// Tries of a commit the database answered busy or unreachable, before the batch is left for
@@ -104,6 +112,18 @@ struct Incoming {
     generation: u64,
 }
 
+impl Incoming {
+    /// What its acknowledgement needs (the packet id and QoS), without the topic and payload.
+    fn into_ack(self) -> Incoming {
+        let mut publish = Publish::new("", self.publish.qos, Vec::new());
+        publish.pkid = self.publish.pkid;
+        Incoming {
+            publish,
+            generation: self.generation,
+        }
+    }
+}
+
 /// A batch whose commit is running: the commit, the decoded batch and its messages.
 type InFlight = (
     JoinHandle<Result<Stored, DbError>>,
@@ -138,11 +158,11 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     net.set_connection_timeout(5);
     eventloop.set_network_options(net);
 
-    // Unbounded on purpose: what it holds is bounded by the broker's window of unacknowledged
-    // messages, and the event loop must never wait on the writer (while it waits, it sends none
-    // of the acknowledgements the writer queues, and the window never opens again).
-    let (tx, rx) = flume::unbounded::<Incoming>();
+    let (tx, rx) = flume::bounded::<Incoming>(MAX_QUEUED);
     let generation = Arc::new(AtomicU64::new(0));
+    // Acknowledgements the writer holds because the event loop's queue was full.
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let reader_backlog = backlog.clone();
     let reconnect = Arc::new(Notify::new());
     let metrics = pipeline.metrics.clone();
     let reader_client = client.clone();
@@ -154,7 +174,21 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut errors = RateLimited::new(Duration::from_secs(30), 3);
+        // Messages of this connection dropped because the writer's queue was full.
+        let mut dropped: u64 = 0;
         loop {
+            if dropped > 0 && tx.is_empty() && reader_backlog.load(Ordering::SeqCst) == 0 {
+                // The writer has caught up: reconnect, so the broker delivers the dropped
+                // messages again (with anything else unacknowledged, which the key absorbs).
+                tracing::info!(
+                    dropped,
+                    "ingest reconnecting for the messages it had no room for"
+                );
+                dropped = 0;
+                metrics.telemetry.connected.store(0, Ordering::Relaxed);
+                reader_generation.fetch_add(1, Ordering::SeqCst);
+                eventloop.clean();
+            }
             let event = tokio::select! {
                 event = eventloop.poll() => event,
                 () = reader_reconnect.notified() => {
@@ -169,6 +203,7 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
+                    dropped = 0;
                     let g = reader_generation.fetch_add(1, Ordering::SeqCst) + 1;
                     if g > 1 {
                         metrics.telemetry.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -211,14 +246,24 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
                         }
                     }
                     let generation = reader_generation.load(Ordering::SeqCst);
-                    if tx
-                        .send(Incoming {
-                            publish,
-                            generation,
-                        })
-                        .is_err()
-                    {
-                        return;
+                    match tx.try_send(Incoming {
+                        publish,
+                        generation,
+                    }) {
+                        Ok(()) => {}
+                        Err(flume::TrySendError::Full(_)) => {
+                            // Left unacknowledged: the broker delivers it again after the
+                            // reconnect above.
+                            dropped += 1;
+                            metrics.telemetry.queue_full.fetch_add(1, Ordering::Relaxed);
+                            if dropped == 1 && errors.allow() {
+                                tracing::warn!(
+                                    queued = MAX_QUEUED,
+                                    "telemetry queue full; messages left for redelivery"
+                                );
+                            }
+                        }
+                        Err(flume::TrySendError::Disconnected(_)) => return,
                     }
                 }
                 Ok(_) => {}
@@ -238,15 +283,36 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
         let mut writer = Writer::new(pipeline);
         // Commits in flight, oldest first; they finish (fleet, acknowledgements) in this order.
         let mut pending: VecDeque<InFlight> = VecDeque::new();
+        // Committed messages whose acknowledgement the event loop has not taken yet.
+        let mut unacked: VecDeque<Incoming> = VecDeque::new();
         let mut failure_delay = FIRST_FAILURE_DELAY;
         loop {
-            let first = if pending.is_empty() {
+            let all_sent = acknowledge(&writer_client, &mut unacked, &generation);
+            backlog.store(unacked.len(), Ordering::SeqCst);
+            if !all_sent && rx.is_disconnected() {
+                return;
+            }
+            if unacked.len() >= MAX_UNACKED && pending.is_empty() {
+                // No more messages until the event loop has taken these acknowledgements.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            let first = if !pending.is_empty() {
+                rx.try_recv().ok()
+            } else if unacked.is_empty() {
                 match rx.recv_async().await {
                     Ok(m) => Some(m),
                     Err(_) => return,
                 }
             } else {
-                rx.try_recv().ok()
+                // Acknowledgements wait for room in the event loop's queue: look again shortly.
+                tokio::select! {
+                    m = rx.recv_async() => match m {
+                        Ok(m) => Some(m),
+                        Err(_) => return,
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(1)) => None,
+                }
             };
             if let Some(first) = first {
                 let mut batch = Vec::with_capacity(64);
@@ -257,6 +323,12 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
                         Err(_) => break,
                     }
                 }
+                writer
+                    .p
+                    .metrics
+                    .telemetry
+                    .queued
+                    .store(rx.len() as u64, Ordering::Relaxed);
                 let prepared = Arc::new(writer.prepare(&batch).await);
                 let commit = tokio::spawn(commit(writer.p.clone(), prepared.clone()));
                 pending.push_back((commit, prepared, batch));
@@ -296,17 +368,30 @@ pub fn start(options: IngestOptions, pipeline: Pipeline) -> AsyncClient {
                 continue;
             }
             failure_delay = FIRST_FAILURE_DELAY;
-            let current = generation.load(Ordering::SeqCst);
-            for m in &batch {
-                // An acknowledgement belongs to the connection that delivered the message; after
-                // a reconnect the broker delivers it again and the key absorbs it.
-                if m.generation == current && writer_client.ack(&m.publish).await.is_err() {
-                    return;
-                }
-            }
+            unacked.extend(batch.into_iter().map(Incoming::into_ack));
         }
     });
     client
+}
+
+/// Hands the event loop the acknowledgements of committed messages, oldest first, as far as its
+/// queue has room; never waits, so the event loop (which may be waiting for room in the writer's
+/// queue) and the writer cannot wait on each other. An acknowledgement belongs to the connection
+/// that delivered the message: once that connection is gone, none is sent (the broker delivers
+/// the message again and the key absorbs it). False when some are left for later.
+fn acknowledge(
+    client: &AsyncClient,
+    unacked: &mut VecDeque<Incoming>,
+    generation: &AtomicU64,
+) -> bool {
+    let current = generation.load(Ordering::SeqCst);
+    while let Some(m) = unacked.front() {
+        if m.generation == current && client.try_ack(&m.publish).is_err() {
+            return false;
+        }
+        unacked.pop_front();
+    }
+    true
 }
 
 /// Allows `burst` events per `window`, and counts the rest.
