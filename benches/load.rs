@@ -58,7 +58,7 @@ struct Settings {
 }
 
 /// Alternating measurements of the empty and the full site in scenario e.
-const E_ROUNDS: usize = 3;
+const E_ROUNDS: usize = 4;
 /// Bookings stored at once while the full site is filled.
 const FILL_CONCURRENCY: usize = 8;
 
@@ -660,15 +660,22 @@ struct FullSite {
 
 impl FullSite {
     fn median_rate(outcomes: &[Outcome]) -> f64 {
-        let mut rates: Vec<f64> = outcomes.iter().map(Outcome::rate).collect();
-        rates.sort_by(f64::total_cmp);
-        rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
+        median(outcomes.iter().map(Outcome::rate).collect())
     }
 
     fn median_p50(outcomes: &[Outcome]) -> f64 {
-        let mut p: Vec<f64> = outcomes.iter().map(|o| o.percentile_ms(50.0)).collect();
-        p.sort_by(f64::total_cmp);
-        p.get(p.len() / 2).copied().unwrap_or(f64::NAN)
+        median(outcomes.iter().map(|o| o.percentile_ms(50.0)).collect())
+    }
+}
+
+/// The median (the mean of the middle two for an even count); NaN for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
@@ -883,38 +890,37 @@ async fn run_scenarios(
     let held = future_bookings(&state, full_id).await?;
     let (mut empty, mut full) = (Vec::new(), Vec::new());
     for round in 0..E_ROUNDS {
-        empty.push(
-            measure(
-                &format!(
-                    "e. POST /api/v1/bookings at an empty site, round {}",
-                    round + 1
-                ),
-                &create_booking(
-                    client.clone(),
-                    base.clone(),
-                    tokens.clone(),
-                    empty_slots.clone(),
-                ),
-                settings,
-            )
-            .await,
-        );
-        full.push(
-            measure(
-                &format!(
-                    "e'. POST /api/v1/bookings at the full site, round {}",
-                    round + 1
-                ),
-                &create_booking(
-                    client.clone(),
-                    base.clone(),
-                    tokens.clone(),
+        // The two sites take turns going first, so a drift over the rounds (the tables grow)
+        // weighs on both alike.
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for at_full in order {
+            let (name, slots) = if at_full {
+                (
+                    "e'. POST /api/v1/bookings at the full site",
                     full_slots.clone(),
-                ),
+                )
+            } else {
+                (
+                    "e. POST /api/v1/bookings at an empty site",
+                    empty_slots.clone(),
+                )
+            };
+            let outcome = measure(
+                &format!("{name}, round {}", round + 1),
+                &create_booking(client.clone(), base.clone(), tokens.clone(), slots),
                 settings,
             )
-            .await,
-        );
+            .await;
+            if at_full {
+                full.push(outcome);
+            } else {
+                empty.push(outcome);
+            }
+        }
     }
     let drain_e = drain_mail(&state, DRAIN_LIMIT).await?;
     if drain_e.left > 0 {
