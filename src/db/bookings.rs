@@ -112,17 +112,65 @@ pub fn create(
 /// losers of a race answer at once instead of queueing for the lock one after the other. The
 /// constraint still decides the cases this read cannot see.
 fn already_taken(conn: &mut DbConnection, booking: &Booking) -> Result<bool, BookingWriteError> {
-    let (from, to) = (booking.starts_at, booking.ends_at);
-    Ok(bookings::table
-        .filter(bookings::resource_id.eq(&booking.resource_id))
-        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
-        .filter(bookings::starts_at.lt(to))
-        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
-        .filter(bookings::ends_at.gt(from))
-        .select(bookings::id)
-        .first::<String>(conn)
-        .optional()?
-        .is_some())
+    let found = overlapping(
+        conn,
+        &booking.resource_id,
+        booking.starts_at,
+        booking.ends_at,
+        Some(1),
+    )?;
+    Ok(!found.is_empty())
+}
+
+/// One resource's active bookings that overlap `[from, to)`, earliest first, at most `limit`.
+/// On PostgreSQL the overlap is asked as the exclusion constraint states it (the same partial
+/// GiST index on the resource and the time range), so the cost does not grow with the resource's
+/// other bookings; on SQLite through `starts_at`, bounded by the longest possible booking.
+fn overlapping(
+    conn: &mut DbConnection,
+    resource_id: &str,
+    from: NaiveDateTime,
+    to: NaiveDateTime,
+    limit: Option<i64>,
+) -> Result<Vec<(String, NaiveDateTime, NaiveDateTime)>, DbError> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Bool, Timestamp};
+    let columns = (bookings::id, bookings::starts_at, bookings::ends_at);
+    let limit = limit.unwrap_or(i64::MAX);
+    Ok(match conn {
+        DbConnection::Postgresql(c) => {
+            // Spelled as the index's predicate, so that a generic plan can use it too.
+            let active = sql::<Bool>(&format!(
+                "bookings.status IN ('{}', '{}')",
+                BookingStatus::ACTIVE[0],
+                BookingStatus::ACTIVE[1]
+            ));
+            let overlap =
+                sql::<Bool>("tsrange(bookings.starts_at, bookings.ends_at, '[)') && tsrange(")
+                    .bind::<Timestamp, _>(from)
+                    .sql(", ")
+                    .bind::<Timestamp, _>(to)
+                    .sql(", '[)')");
+            bookings::table
+                .filter(bookings::resource_id.eq(resource_id))
+                .filter(active)
+                .filter(overlap)
+                .select(columns)
+                .order(bookings::starts_at)
+                .limit(limit)
+                .load(c)?
+        }
+        DbConnection::Sqlite(c) => bookings::table
+            .filter(bookings::resource_id.eq(resource_id))
+            .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
+            .filter(bookings::starts_at.lt(to))
+            .filter(bookings::starts_at.gt(from - MAX_LENGTH))
+            .filter(bookings::ends_at.gt(from))
+            .select(columns)
+            .order(bookings::starts_at)
+            .limit(limit)
+            .load(c)?,
+    })
 }
 
 /// The advisory-lock class of bookings' resources (the first key of the two-key form).
@@ -456,15 +504,7 @@ pub fn conflicts(
     from: NaiveDateTime,
     to: NaiveDateTime,
 ) -> Result<Vec<(String, NaiveDateTime, NaiveDateTime)>, DbError> {
-    Ok(bookings::table
-        .filter(bookings::resource_id.eq(resource_id))
-        .filter(bookings::status.eq_any(BookingStatus::ACTIVE))
-        .filter(bookings::starts_at.lt(to))
-        .filter(bookings::starts_at.gt(from - MAX_LENGTH))
-        .filter(bookings::ends_at.gt(from))
-        .select((bookings::id, bookings::starts_at, bookings::ends_at))
-        .order(bookings::starts_at)
-        .load(conn)?)
+    overlapping(conn, resource_id, from, to, None)
 }
 
 /// An organization's monthly limit and the minutes of `month` already used.
