@@ -224,11 +224,6 @@ impl Grants {
         self.read().by_booking.get(booking_id).cloned()
     }
 
-    /// Every grant of a site.
-    pub fn site(&self, site_id: &str) -> Vec<Arc<Grant>> {
-        self.site_opening_before(site_id, i64::MAX)
-    }
-
     /// The grants of a site whose window opens before `until_ms` (epoch ms), oldest first:
     /// the cost follows what opens before then, not how far ahead the site is booked.
     pub fn site_opening_before(&self, site_id: &str, until_ms: i64) -> Vec<Arc<Grant>> {
@@ -367,7 +362,7 @@ mod tests {
             .map(|g| g.booking_id.clone())
             .collect();
         assert_eq!(ids, ["b0", "b1"]);
-        assert_eq!(grants.site("roma").len(), 30);
+        assert_eq!(grants.site_opening_before("roma", i64::MAX).len(), 30);
 
         // A booking moved later leaves its old place in the order.
         grants.upsert(&row("b0", "roma", "desk", now + Duration::days(40)));
@@ -377,8 +372,15 @@ mod tests {
             .map(|g| g.booking_id.clone())
             .collect();
         assert_eq!(ids, ["b1"]);
-        assert_eq!(grants.site("roma").len(), 30);
-        assert_eq!(grants.site("roma").last().unwrap().booking_id, "b0");
+        assert_eq!(grants.site_opening_before("roma", i64::MAX).len(), 30);
+        assert_eq!(
+            grants
+                .site_opening_before("roma", i64::MAX)
+                .last()
+                .unwrap()
+                .booking_id,
+            "b0"
+        );
     }
 
     #[test]
