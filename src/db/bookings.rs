@@ -7,10 +7,14 @@ use diesel::prelude::*;
 use super::access::{self, CredentialRow, NewCredential};
 use super::energy::{insert_plan, EvPlanRow};
 use super::models::{Booking, OutboxRow};
-use super::schema::{allowance_usage, bookings, organizations, outbox};
+use super::schema::{bookings, outbox};
 use super::{write_transaction, DbConnection, DbError};
+
+mod allowance;
 use crate::domain::policy::MAX_LENGTH;
 use crate::domain::BookingStatus;
+pub use allowance::{allowance_status, allowance_used, AllowanceCharge};
+use allowance::{consume_allowance, refund_allowance};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BookingWriteError {
@@ -40,14 +44,6 @@ impl From<diesel::result::Error> for BookingWriteError {
     fn from(e: diesel::result::Error) -> Self {
         DbError::from(e).into()
     }
-}
-
-/// What a booking takes from its organization's allowance.
-#[derive(Debug, Clone)]
-pub struct AllowanceCharge {
-    pub organization_id: String,
-    pub month: String,
-    pub minutes: i32,
 }
 
 /// How many times a booking's transaction is run when it loses a deadlock or a serialization
@@ -187,67 +183,6 @@ fn lock_resource(conn: &mut DbConnection, resource_id: &str) -> Result<(), Booki
             .execute(c)?;
     }
     Ok(())
-}
-
-fn consume_allowance(
-    conn: &mut DbConnection,
-    charge: &AllowanceCharge,
-) -> Result<(), BookingWriteError> {
-    on_backend!(conn, |c| {
-        diesel::insert_into(allowance_usage::table)
-            .values((
-                allowance_usage::organization_id.eq(&charge.organization_id),
-                allowance_usage::month.eq(&charge.month),
-                allowance_usage::used_minutes.eq(0),
-            ))
-            .on_conflict_do_nothing()
-            .execute(c)?
-    });
-    let limit: i32 = organizations::table
-        .find(&charge.organization_id)
-        .select(organizations::monthly_allowance_minutes)
-        .first(conn)?;
-    let row = allowance_usage::table.find((&charge.organization_id, &charge.month));
-    let updated = diesel::update(row)
-        .filter(allowance_usage::used_minutes.le(limit - charge.minutes))
-        .set(allowance_usage::used_minutes.eq(allowance_usage::used_minutes + charge.minutes))
-        .execute(conn)?;
-    if updated == 0 {
-        let used = row
-            .select(allowance_usage::used_minutes)
-            .first(conn)
-            .optional()?
-            .unwrap_or(0);
-        return Err(BookingWriteError::AllowanceExceeded { limit, used });
-    }
-    Ok(())
-}
-
-fn refund_allowance(conn: &mut DbConnection, b: &Booking) -> Result<(), BookingWriteError> {
-    if let (Some(org), Some(month)) = (&b.organization_id, &b.allowance_month) {
-        let row = allowance_usage::table.find((org, month));
-        diesel::update(row)
-            .filter(allowance_usage::used_minutes.ge(b.charged_minutes))
-            .set(
-                allowance_usage::used_minutes.eq(allowance_usage::used_minutes - b.charged_minutes),
-            )
-            .execute(conn)?;
-    }
-    Ok(())
-}
-
-/// Minutes of `organization_id`'s allowance used in `month`.
-pub fn allowance_used(
-    conn: &mut DbConnection,
-    organization_id: &str,
-    month: &str,
-) -> Result<i32, DbError> {
-    Ok(allowance_usage::table
-        .find((organization_id, month))
-        .select(allowance_usage::used_minutes)
-        .first(conn)
-        .optional()?
-        .unwrap_or(0))
 }
 
 /// Moves a booking from `confirmed` to `to`; exactly one of several racing callers wins.
@@ -505,19 +440,6 @@ pub fn conflicts(
     to: NaiveDateTime,
 ) -> Result<Vec<(String, NaiveDateTime, NaiveDateTime)>, DbError> {
     overlapping(conn, resource_id, from, to, None)
-}
-
-/// An organization's monthly limit and the minutes of `month` already used.
-pub fn allowance_status(
-    conn: &mut DbConnection,
-    organization_id: &str,
-    month: &str,
-) -> Result<(i32, i32), DbError> {
-    let limit: i32 = organizations::table
-        .find(organization_id)
-        .select(organizations::monthly_allowance_minutes)
-        .first(conn)?;
-    Ok((limit, allowance_used(conn, organization_id, month)?))
 }
 
 /// Ids of the resources held at `at` by a confirmed or checked-in booking
